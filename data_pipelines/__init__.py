@@ -1,0 +1,1 @@
+"""Dataset preparation (MIDI -> ArrayRecord shards) and Grain input pipelines."""

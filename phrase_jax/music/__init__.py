@@ -1,0 +1,1 @@
+"""Music representation: the REMI-z vocabulary, MIDI <-> events <-> tokens, song layout, keys."""
