@@ -1,0 +1,1 @@
+"""Evaluation: reconstruction metrics of the PhraseVAE (and, later, generation metrics)."""
