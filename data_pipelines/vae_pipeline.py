@@ -1,0 +1,124 @@
+"""Grain pipelines of VAE batches: phrases (stages 2-3) and span-infill bars (stage 1).
+
+    it = make_vae_loader("data/pop909", "train", "phrases", batch_size=128, seed=42)
+    batch = next(it)   # dict of numpy arrays, local to this process:
+      encoder_ids int32 [B, L], encoder_mask bool [B, L], decoder_inputs int32 [B, L],
+      decoder_targets int32 [B, L], decoder_mask bool [B, L]          (L = max_len, default 128)
+    state = it.get_state(); ...; it.set_state(state)   # the same next batch after restore
+
+Order of operations: this process's shard of the records (every `shard_count`-th record from
+`shard_index`) -> seeded global shuffle, reshuffled every epoch -> repeat -> batches of
+record indices, remainder dropped (fixed shapes) -> one ArrayRecord read per batch
+and the per-record transforms (span corruption draws from Grain's rng for that batch position,
+so a batch depends only on the seed and its position, never on worker count or global numpy
+state) -> optional multiprocess prefetch. B is the per-process batch; the trainer assembles
+the global array (`jax.make_array_from_process_local_data`).
+"""
+
+from __future__ import annotations
+
+import grain
+from absl import logging
+
+from data_pipelines import sources, transforms
+
+
+def make_vae_dataset(
+    data_dir: str,
+    split: str,
+    kind: str,
+    *,
+    batch_size: int,
+    seed: int,
+    max_len: int = 128,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    mask_ratio: float = 0.3,
+    mean_span: float = 3.0,
+) -> grain.MapDataset:
+    """The batched MapDataset (random access: `ds[i]` is batch i). `num_epochs` None repeats
+    forever; `kind` is `phrases` (PhraseBatch) or `bars` (SpanInfillBatch)."""
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"need 0 <= shard_index < shard_count, got {shard_index}/{shard_count}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    source = sources.token_source(data_dir, kind, split)
+    # The pipeline runs over record *indices*; each batch of indices is read in one call.
+    ds = grain.MapDataset.range(len(source))[shard_index::shard_count]
+    if len(ds) < batch_size:
+        raise ValueError(
+            f"{data_dir}: {kind}/{split} shard {shard_index}/{shard_count} has "
+            f"{len(ds)} records, fewer than batch_size {batch_size}"
+        )
+    ds = ds.seed(seed)  # derives the shuffle and span-corruption seeds
+    if shuffle:
+        ds = ds.shuffle()
+    ds = ds.repeat(num_epochs).batch(batch_size, drop_remainder=True)
+    if kind == "phrases":
+        return ds.map(transforms.PhraseBatch(source, max_len))
+    return ds.random_map(transforms.SpanInfillBatch(source, max_len, mask_ratio, mean_span))
+
+
+def make_vae_loader(
+    data_dir: str,
+    split: str,
+    kind: str,
+    batch_size: int,
+    seed: int,
+    max_len: int = 128,
+    num_workers: int = 0,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    *,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    mask_ratio: float = 0.3,
+    mean_span: float = 3.0,
+    num_threads: int = 4,
+    worker_buffer_size: int = 2,
+) -> grain.DatasetIterator:
+    """A checkpointable iterator of per-process batches (shapes in the module docstring).
+
+    `shard_index`/`shard_count` default to `jax.process_index()`/`jax.process_count()`;
+    `num_workers` > 0 prefetches in that many processes (0 in tests); `num_threads` read
+    threads in the (main or worker) process. The iterator has `get_state()`/`set_state()`.
+    """
+    if shard_index is None or shard_count is None:
+        import jax  # only here: the data package must not need JAX otherwise
+
+        shard_index, shard_count = jax.process_index(), jax.process_count()
+    ds = make_vae_dataset(
+        data_dir,
+        split,
+        kind,
+        batch_size=batch_size,
+        seed=seed,
+        max_len=max_len,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+        mask_ratio=mask_ratio,
+        mean_span=mean_span,
+    )
+    truncated = sources.truncation_count(data_dir, kind, split, max_len)
+    if truncated:
+        logging.info(
+            "%s/%s: %d records longer than max_len %d are truncated",
+            kind,
+            split,
+            truncated,
+            max_len,
+        )
+    iter_ds = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads)
+    )
+    if num_workers > 0:
+        iter_ds = iter_ds.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=num_workers, per_worker_buffer_size=worker_buffer_size
+            )
+        )
+    return iter(iter_ds)
