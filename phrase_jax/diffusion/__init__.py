@@ -1,0 +1,1 @@
+"""Diffusion for PhraseLDM: cosine DDPM schedule, training loss, samplers (SPEC 5)."""

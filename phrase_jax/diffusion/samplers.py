@@ -1,0 +1,228 @@
+"""Samplers (SPEC 5): DDPM ancestral, DDIM (eta = 0), DPM-Solver++(2M); each one `lax.scan`.
+
+Every sampler walks the same descending grid of training steps t_0 = T-1 > ... > t_{N-1}
+(`timestep_grid`) and jumps from the last one to clean data, so it makes exactly N model calls.
+With N = T the DDPM sampler is the ref's 1000-step ancestral sampler (fixed-small posterior
+variance).
+
+Shared options:
+- `clip`: predicted x0 clipped to ±clip in the model's (scaled) latent space, eps re-derived;
+- classifier-free guidance (`guidance_scale`, the model's learned null conditions);
+- inpainting: `known_bnd` [B, N, D] with `keep_mask_bn` bool [B, N] (slots to keep); before each
+  model call the kept slots are replaced by the known values noised to the current level, and
+  the result holds the known values exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from phrase_jax.diffusion.schedules import Schedule, posterior, predictions_to_x0_eps
+
+METHODS = ("ddpm", "ddim", "dpm_solver_pp")
+
+
+def timestep_grid(num_train_steps: int, num_steps: int) -> np.ndarray:
+    """The steps a sampler evaluates: T-1, then every T/N down to T/N - 1. int32 [num_steps].
+
+    "Trailing" spacing (diffusers' name): N = T gives T-1..0, the plain DDPM chain; for N < T
+    the last evaluation sits at T/N - 1, not at 0, so the final jump to clean data is no larger
+    than the others (a 2nd-order step from t = 0 would extrapolate over a huge log-SNR gap).
+    """
+    if not 1 <= num_steps <= num_train_steps:
+        raise ValueError(f"num_steps {num_steps}: must be in 1..{num_train_steps}")
+    fractions = np.arange(num_steps, 0, -1, dtype=np.float64) / num_steps
+    return (np.round(fractions * num_train_steps) - 1).astype(np.int32)
+
+
+def _log_snr(alpha_bar: jax.Array) -> jax.Array:
+    """DPM-Solver's lambda = log(alpha / sigma)."""
+    return 0.5 * (jnp.log(alpha_bar) - jnp.log1p(-alpha_bar))
+
+
+def sample_loop(
+    predict_fn: Callable[[jax.Array, jax.Array], jax.Array],
+    schedule: Schedule,
+    noise_bnd: jax.Array,
+    rng: jax.Array,
+    *,
+    method: str,
+    num_steps: int,
+    prediction: str = "epsilon",
+    clip: float | jax.Array | None = None,
+    known_bnd: jax.Array | None = None,
+    keep_mask_bn: jax.Array | None = None,
+) -> jax.Array:
+    """Denoise `noise_bnd` (x at t = T-1) to x0 with `predict_fn(x_bnd, t_b) -> output`.
+
+    Pure and traceable; `sample_fn` / `sample` are the jitted entry points. → [B, N, D].
+    """
+    if method not in METHODS:
+        raise ValueError(f"sampler {method!r}: use one of {METHODS}")
+    if (known_bnd is None) != (keep_mask_bn is None):
+        raise ValueError("inpainting needs both known_bnd and keep_mask_bn")
+    grid = timestep_grid(schedule.num_steps, num_steps)
+    alpha_bars = schedule.alpha_bars[grid]
+    alpha_bars_next = jnp.concatenate([alpha_bars[1:], jnp.ones((1,), alpha_bars.dtype)])
+    index = np.arange(num_steps)
+    xs = (jnp.asarray(grid), alpha_bars, alpha_bars_next, index, jax.random.split(rng, num_steps))
+    keep = None if keep_mask_bn is None else keep_mask_bn[..., None].astype(bool)
+    batch = noise_bnd.shape[0]
+
+    def step(carry, step_inputs):
+        x, prev_x0, prev_h = carry
+        t, ab, ab_next, i, key = step_inputs
+        noise_key, inpaint_key = jax.random.split(key)
+        if keep is not None:
+            renoised = jnp.sqrt(ab) * known_bnd + jnp.sqrt(1.0 - ab) * jax.random.normal(
+                inpaint_key, x.shape, x.dtype
+            )
+            x = jnp.where(keep, renoised, x)
+        output = predict_fn(x, jnp.full((batch,), t, jnp.int32)).astype(jnp.float32)
+        x0, eps = predictions_to_x0_eps(prediction, output, x, ab)
+        if clip is not None:
+            x0 = jnp.clip(x0, -clip, clip)
+            eps = (x - jnp.sqrt(ab) * x0) / jnp.sqrt(1.0 - ab)
+        last = i == num_steps - 1
+        h = prev_h
+        if method == "ddpm":
+            mean, variance = posterior(ab, ab_next, x0, x)
+            x_next = mean + jnp.sqrt(variance) * jax.random.normal(noise_key, x.shape, x.dtype)
+        elif method == "ddim":
+            x_next = jnp.sqrt(ab_next) * x0 + jnp.sqrt(1.0 - ab_next) * eps
+        else:
+            # DPM-Solver++(2M) in data prediction; first step 1st order, last jump (to clean,
+            # lambda = inf) is x0 itself ("lower order final"). Keep the unused branch finite.
+            safe_next = jnp.where(last, 0.5, ab_next)
+            h = _log_snr(safe_next) - _log_snr(ab)
+            ratio = prev_h / h
+            second = (1.0 + 0.5 / ratio) * x0 - (0.5 / ratio) * prev_x0
+            data = jnp.where(i == 0, x0, second)
+            sigma_ratio = jnp.sqrt((1.0 - safe_next) / (1.0 - ab))
+            x_next = sigma_ratio * x - jnp.sqrt(safe_next) * jnp.expm1(-h) * data
+            x_next = jnp.where(last, x0, x_next)
+        return (x_next, x0, h), None
+
+    carry = (noise_bnd.astype(jnp.float32), jnp.zeros_like(noise_bnd, jnp.float32), jnp.ones(()))
+    (x, _, _), _ = jax.lax.scan(step, carry, xs)
+    if keep is not None:
+        x = jnp.where(keep, known_bnd, x)
+    return x
+
+
+sample_fn = jax.jit(
+    sample_loop, static_argnames=("predict_fn", "method", "num_steps", "prediction")
+)
+sample_fn.__doc__ = "`sample_loop`, jitted; `predict_fn` must be hashable (a function)."
+
+
+def guided_prediction(
+    model,
+    x_bnd: jax.Array,
+    t_b: jax.Array,
+    conditions: Mapping[str, jax.Array],
+    guidance_scale: float | jax.Array,
+) -> jax.Array:
+    """Classifier-free guidance: uncond + scale * (cond - uncond), one doubled batch."""
+    batch = x_bnd.shape[0]
+    doubled = jax.tree.map(lambda a: jnp.concatenate([a, a]), conditions)
+    force_drop = jnp.arange(2 * batch) >= batch
+    both = model(
+        jnp.concatenate([x_bnd, x_bnd]),
+        jnp.concatenate([t_b, t_b]),
+        doubled,
+        force_drop_b=force_drop,
+    )
+    cond, uncond = both[:batch], both[batch:]
+    return uncond + guidance_scale * (cond - uncond)
+
+
+def _sample_model(
+    graphdef,
+    state,
+    schedule,
+    noise,
+    rng,
+    conditions,
+    guidance_scale,
+    clip,
+    known,
+    keep,
+    *,
+    method,
+    num_steps,
+    prediction,
+    use_guidance,
+):
+    model = nnx.merge(graphdef, state)
+
+    def predict_fn(x, t):
+        if use_guidance:
+            return guided_prediction(model, x, t, conditions, guidance_scale)
+        return model(x, t, conditions)
+
+    return sample_loop(
+        predict_fn,
+        schedule,
+        noise,
+        rng,
+        method=method,
+        num_steps=num_steps,
+        prediction=prediction,
+        clip=clip,
+        known_bnd=known,
+        keep_mask_bn=keep,
+    )
+
+
+_sample_model_jit = jax.jit(
+    _sample_model,
+    static_argnames=("graphdef", "method", "num_steps", "prediction", "use_guidance"),
+)
+
+
+def sample(
+    model,
+    schedule: Schedule,
+    noise_bnd: jax.Array,
+    rng: jax.Array,
+    *,
+    method: str = "ddpm",
+    num_steps: int | None = None,
+    conditions: Mapping[str, jax.Array] | None = None,
+    guidance_scale: float = 1.0,
+    prediction: str = "epsilon",
+    clip: float | None = None,
+    known_bnd: jax.Array | None = None,
+    keep_mask_bn: jax.Array | None = None,
+) -> jax.Array:
+    """Sample x0 [B, N, D] from a PhraseLDM, starting from `noise_bnd`, in one jitted scan.
+
+    `num_steps` defaults to T (DDPM, ref). Guidance runs the doubled batch only when
+    `guidance_scale != 1` and the model has conditions; scale 1 is the conditional model.
+    """
+    graphdef, state = nnx.split(model)
+    use_guidance = bool(model.config.conditions) and guidance_scale != 1.0
+    if use_guidance and not conditions:
+        raise ValueError("guidance_scale != 1 needs the conditions to guide towards")
+    return _sample_model_jit(
+        graphdef,
+        state,
+        schedule,
+        noise_bnd,
+        rng,
+        dict(conditions or {}),
+        jnp.float32(guidance_scale),
+        None if clip is None else jnp.float32(clip),
+        known_bnd,
+        keep_mask_bn,
+        method=method,
+        num_steps=num_steps or schedule.num_steps,
+        prediction=prediction,
+        use_guidance=use_guidance,
+    )
