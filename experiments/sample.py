@@ -1,0 +1,75 @@
+"""Generate songs with a trained PhraseLDM (SPEC 6): .mid + piano-roll .png per song, samples.json.
+
+    python -m phrase_jax.main --config experiments/sample.py:lencond --workdir runs/samples_lencond
+    python -m phrase_jax.main --config experiments/sample.py:lencond,cpu,bars=32,num_songs=8 \
+        --workdir runs/samples_lencond_cpu
+    python -m phrase_jax.main --config experiments/sample.py:seccond,sections=i4A8B8A8o4 \
+        --workdir runs/samples_seccond
+    make sample VARIANT=lencond,cpu [LDM_WORKDIR=runs/ldm_lencond_cpu] [SAMPLE_ARGS=num_songs=8]
+
+The workdir is the output folder. Variants name the LDM run to read, as experiments/ldm.py names
+its workdirs (`runs/ldm_<condition>[_bars][_<scale>]`): a condition (`uncond` default,
+`lencond`, `seccond`), `bars`, and a scale: (none) the paper's 1000-step DDPM sampler; `cpu`
+DPM-Solver++(2M) with 50 steps; `runlocal` 2 short songs with 4 DDIM steps (CI).
+Options: `sampler` (ddpm | ddim | dpm_solver_pp, alias dpmpp), `steps`, `guidance_scale`
+(classifier-free guidance, conditional models), `bars` (0: the section total, else 64),
+`sections` (e.g. i4A8B8o4), `clip` (-1: the manifest's, 0: none), `seed`, `tempo`,
+`ldm_workdir`, `latents_dir` / `vae_workdir` (override the recorded paths of moved runs).
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+CONDITIONS = ("uncond", "lencond", "seccond")
+SCALES = ("runlocal", "cpu")
+VARIANTS = (*CONDITIONS, "bars", *SCALES)
+
+
+def get_config(arg=None):
+    variants = tuple(v for v in (arg or "").split(",") if v)
+    condition = [v for v in variants if v in CONDITIONS]
+    scale = [v for v in variants if v in SCALES]
+    if len(condition) > 1 or len(scale) > 1:
+        raise ValueError(f"pick at most one of {CONDITIONS} and of {SCALES}")
+    run_parts = [*(condition or ["uncond"]), *(["bars"] if "bars" in variants else []), *scale]
+
+    config = ml_collections.ConfigDict()
+    config.stage = "sample"
+    config.seed = 0
+    config.ldm_workdir = os.path.join("runs", "_".join(["ldm", *run_parts]))
+    config.ldm_step = 0  # 0 = the latest checkpoint
+    config.use_ema = True  # the EMA weights when the run kept them
+    config.latents_dir = ""  # "" = the LDM run's latents.dir
+    config.vae_workdir = ""  # "" = the VAE the latents manifest names
+    config.num_songs = 20
+    config.bars = 0  # 0 = the sections' total, else 64 (SPEC 7 length accuracy)
+    config.sections = ""
+    config.sampler = "ddpm"
+    config.steps = 1000  # ref: 1000 ancestral steps
+    config.guidance_scale = 1.0
+    config.clip = -1.0  # -1 = the manifest's clip (scaled space), 0 = none
+    config.end = "auto"  # auto | detect ([SEP] latent) | condition (the requested bars)
+    config.batch_size = 16  # songs per sampler call
+    config.decode_chunk = 1024  # phrases per VAE decoder call
+    config.tempo = 90.0
+    config.piano_roll = True
+    config.wav = False  # FluidSynth when pyfluidsynth is installed, else sine tones
+    config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1)))
+
+    if "cpu" in scale:
+        config.num_songs = 4
+        config.sampler = "dpm_solver_pp"
+        config.steps = 50
+        config.batch_size = 4
+        config.decode_chunk = 512
+    elif "runlocal" in scale:
+        config.num_songs = 2
+        config.bars = 4
+        config.sampler = "ddim"
+        config.steps = 4
+        config.batch_size = 2
+        config.decode_chunk = 64
+    return config

@@ -1,0 +1,143 @@
+"""What the sampling stage writes per song (SPEC 6): a .mid, a piano-roll .png, optionally a .wav.
+
+    files, seconds = write_songs(songs, out_dir, tempo=90.0)   # song_000.mid, song_000.png, ...
+    audio, rate, method = synthesize(pretty_midi_object)      # for notebooks and WAV files
+
+The piano roll draws on a bare `matplotlib.figure.Figure` (Agg canvas), never through pyplot, so
+importing this module does not change the matplotlib backend of a notebook or a script.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import wave
+from collections.abc import Sequence
+
+import numpy as np
+import pretty_midi
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from phrase_jax.music import midi_io
+from phrase_jax.music.events import Song
+
+DRUMS = 128
+AUDIO_RATE = 22050
+# Piano-roll width per bar and its cap, in inches: 128 bars stay readable and under ~4k pixels.
+INCHES_PER_BAR = 0.3
+MAX_WIDTH_INCHES = 40.0
+
+
+def song_file_stem(index: int) -> str:
+    """`song_007` for song 7: the name every output of one song shares (docs/design.md)."""
+    return f"song_{index:03d}"
+
+
+def program_name(program: int) -> str:
+    return "Drums" if program == DRUMS else pretty_midi.program_to_instrument_name(program)
+
+
+def piano_roll_figure(song: Song, title: str = "") -> Figure:
+    """One horizontal bar per note: x in bars (a bar's onsets span [k, k+1)), y MIDI pitch,
+    one colour per program; drums drawn as crosses at their drum-note pitch."""
+    n_bars = max(len(song.bars), 1)
+    figure = Figure(figsize=(min(max(6.0, INCHES_PER_BAR * n_bars), MAX_WIDTH_INCHES), 4.0))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    programs = sorted({p for bar in song.bars for p, notes in bar.tracks.items() if notes})
+    colours = {p: f"C{i % 10}" for i, p in enumerate(programs)}
+    for program in programs:
+        starts, widths, pitches = [], [], []
+        for index, bar in enumerate(song.bars):
+            for note in bar.tracks.get(program, ()):
+                starts.append(index + note.onset / bar.length)
+                widths.append(note.duration / bar.length)
+                pitches.append(note.pitch)
+        label = f"{program_name(program)} ({program})"
+        if program == DRUMS:
+            axes.scatter(starts, pitches, marker="x", s=8, color=colours[program], label=label)
+        else:
+            axes.barh(pitches, widths, left=starts, height=0.8, color=colours[program],
+                      label=label, linewidth=0)  # fmt: skip
+    for bar_start in range(0, n_bars + 1, 4):
+        axes.axvline(bar_start, color="0.85", linewidth=0.5, zorder=0)
+    axes.set_xlim(0, n_bars)
+    axes.set_xlabel("bar")
+    axes.set_ylabel("MIDI pitch")
+    axes.set_title(title or song.name or "generated song", fontsize=9)
+    if programs:
+        axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
+    figure.tight_layout()
+    return figure
+
+
+def synthesize(pm: pretty_midi.PrettyMIDI, rate: int = AUDIO_RATE) -> tuple[np.ndarray, int, str]:
+    """(audio float32 [samples] peaking at 0.9, rate, method) with FluidSynth and pretty_midi's
+    bundled General MIDI sound font when pyfluidsynth is installed, else pretty_midi's sine
+    synthesis (which leaves drums out). An empty song gives one sample of silence."""
+    method = "sine"
+    try:
+        import fluidsynth  # noqa: F401  (pyfluidsynth; pretty_midi uses it when present)
+
+        audio = pm.fluidsynth(fs=rate)
+        method = "fluidsynth"
+    except Exception:  # noqa: BLE001 - no pyfluidsynth, no libfluidsynth or no sound font
+        audio = pm.synthesize(fs=rate)
+    audio = np.asarray(audio, np.float32)
+    if audio.size == 0:
+        return np.zeros(1, np.float32), rate, method
+    peak = float(np.max(np.abs(audio)))
+    return (audio * (0.9 / peak) if peak > 0 else audio), rate, method
+
+
+def write_wav(path: str, audio: np.ndarray, rate: int) -> None:
+    """16-bit mono PCM through the standard library (no scipy or soundfile needed)."""
+    pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")
+    with wave.open(path, "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(rate)
+        f.writeframes(pcm.tobytes())
+
+
+def write_songs(
+    songs: Sequence[Song],
+    out_dir: str,
+    *,
+    tempo: float = midi_io.DEFAULT_TEMPO,
+    piano_roll: bool = True,
+    wav: bool = False,
+    first_index: int = 0,
+) -> tuple[list[dict[str, str]], dict[str, float]]:
+    """Writes song_{i:03d}.mid (+ .png, .wav) for each song into `out_dir`.
+
+    Returns (per song {"midi", "png"?, "wav"?} file names relative to `out_dir`, seconds per
+    phase {"midi_write_s", "png_s", "wav_s"}). Programs come from the songs' own tracks (each
+    decoded phrase starts with its `i-P`); `tempo` sets every bar's tempo.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    seconds = {"midi_write_s": 0.0, "png_s": 0.0, "wav_s": 0.0}
+    files = []
+    for offset, song in enumerate(songs):
+        stem = song_file_stem(first_index + offset)
+        written = {"midi": f"{stem}.mid"}
+        started = time.monotonic()
+        pm = midi_io.song_to_midi(song, tempo=tempo)
+        pm.write(os.path.join(out_dir, written["midi"]))
+        seconds["midi_write_s"] += time.monotonic() - started
+        if piano_roll:
+            started = time.monotonic()
+            written["png"] = f"{stem}.png"
+            piano_roll_figure(song, title=f"{stem}: {len(song.bars)} bars").savefig(
+                os.path.join(out_dir, written["png"]), dpi=100
+            )
+            seconds["png_s"] += time.monotonic() - started
+        if wav:
+            started = time.monotonic()
+            written["wav"] = f"{stem}.wav"
+            audio, rate, _ = synthesize(pm)
+            write_wav(os.path.join(out_dir, written["wav"]), audio, rate)
+            seconds["wav_s"] += time.monotonic() - started
+        files.append(written)
+    return files, {k: round(v, 4) for k, v in seconds.items()}
