@@ -5,6 +5,11 @@
 
 The workdir is the run's identity: `config.json` is written there and the stage resumes from
 the checkpoints it finds there.
+
+Several processes (README "Multi-host training") run the same command with
+`--coordinator_address host:port --num_processes N --process_id i` (or `JAX_COORDINATOR_ADDRESS`,
+`JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`; nothing under SLURM / Open MPI; `--multi_host` on a TPU
+pod slice) and the same workdir on a filesystem every process sees.
 """
 
 from __future__ import annotations
@@ -16,9 +21,36 @@ import jax
 from absl import app, flags, logging
 
 from phrase_jax import config_lib
+from phrase_jax.training import distributed
 
 _CONFIG = config_lib.define_config_flag("config")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, config.json).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (else $JAX_COORDINATOR_ADDRESS)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Processes in the run (else $JAX_NUM_PROCESSES)."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process, 0..num_processes-1 (else $JAX_PROCESS_ID)."
+)
+_MULTI_HOST = flags.DEFINE_boolean(
+    "multi_host", False, "Join a multi-process run that JAX detects (TPU pod slice, SLURM, MPI)."
+)
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "initialization_timeout", 300, "Seconds to wait for every process to join."
+)
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout", 100, "Seconds of silence after which a process counts as dead and the "
+    "others stop.",
+)  # fmt: skip
+_SHUTDOWN_TIMEOUT = flags.DEFINE_integer(
+    "shutdown_timeout", 300, "Seconds a finished process waits for the others at exit."
+)
+_STALL_TIMEOUT = flags.DEFINE_float(
+    "stall_timeout", 1800.0, "Multi-process runs exit when no batch was built for this many "
+    "seconds (a stuck collective); 0 turns the watchdog off.",
+)  # fmt: skip
 
 # Stage name -> importer of its `run(config, workdir)`. Imports are lazy so that main works
 # (and reports clearly) before a stage module exists; no module path is ever built from input.
@@ -64,15 +96,30 @@ STAGE_RUNNERS: dict[str, Callable[[], Callable]] = {
 
 
 def wants_multi_host(environ: dict[str, str] | os._Environ = os.environ) -> bool:
-    """True when the environment describes more than one process (explicit JAX coordinator,
-    SLURM or Open MPI with several tasks, several TPU workers); jax.distributed.initialize()
-    then detects the rest itself."""
-    if environ.get("JAX_COORDINATOR_ADDRESS"):
-        return True
-    for key in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
-        if environ.get(key, "1").isdigit() and int(environ.get(key, "1")) > 1:
-            return True
-    return len([h for h in environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+    """True when the environment describes more than one process (see `distributed`)."""
+    return distributed.wants_multi_host(environ)
+
+
+def join_processes(environ: dict[str, str] | os._Environ = os.environ) -> None:
+    """Initialises the multi-process run that the flags or the environment describe (nothing
+    for a single process); then only process 0 logs below WARNING."""
+    settings = distributed.resolve_settings(
+        environ,
+        coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value,
+        multi_host=_MULTI_HOST.value,
+        initialization_timeout_s=_INIT_TIMEOUT.value,
+        heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value,
+        shutdown_timeout_s=_SHUTDOWN_TIMEOUT.value,
+        stall_timeout_s=_STALL_TIMEOUT.value,
+    )
+    if settings is None:
+        return
+    distributed.initialize(settings)
+    distributed.start_stall_watchdog(settings.stall_timeout_s)
+    if not distributed.is_main_process():
+        logging.set_verbosity(logging.WARNING)  # the run's log is process 0's
 
 
 def stage_runner(stage: str) -> Callable:
@@ -83,7 +130,9 @@ def stage_runner(stage: str) -> Callable:
         )
     try:
         return STAGE_RUNNERS[stage]()
-    except ModuleNotFoundError as error:
+    # `from phrase_jax.stages import x` with x missing raises a plain ImportError naming the
+    # package, `import phrase_jax.stages.x` a ModuleNotFoundError naming the module.
+    except ImportError as error:
         if error.name and error.name.startswith("phrase_jax.stages"):
             raise ModuleNotFoundError(
                 f"stage {stage!r}: module {error.name} is not available in this checkout"
@@ -120,8 +169,10 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("pass --config path/to/experiment.py[:args] and --workdir DIR")
-    if wants_multi_host():
-        jax.distributed.initialize()
+    try:
+        join_processes()
+    except ValueError as error:  # a bad flag or variable: one line, no traceback
+        raise app.UsageError(str(error)) from None
     run(_CONFIG.value, _WORKDIR.value)
 
 

@@ -9,6 +9,10 @@ A run's identity is its workdir: checkpoints live in `<workdir>/checkpoints/<ste
 Orbax writes each step into a temporary folder and renames it when complete, so a killed run
 never leaves a half-written step that looks finished. `restore_or_init` resumes from the latest
 step when there is one and initialises otherwise, so every launch of a run continues it.
+
+With several processes every process calls `save`/`restore` with the same step (orbax then
+writes each array shard once, from the process that holds it, and process 0 commits the step
+after all have finished); the workdir must be on a filesystem every process sees.
 """
 
 from __future__ import annotations
@@ -91,6 +95,22 @@ def _from_tree(tree: Mapping, abstract: nnx.State) -> nnx.State:
     return nnx.from_flat_state(flat)
 
 
+def _check_iterator_process_count(iterator_dir: str) -> None:
+    """Grain saves one `process_<i>-of-<n>.json` per process; resuming the data position with
+    another process count would silently change which records each process reads."""
+    counts = {
+        int(name.rsplit("-of-", 1)[1].split(".")[0])
+        for name in os.listdir(iterator_dir)
+        if name.startswith("process_") and "-of-" in name
+    }
+    if counts and counts != {jax.process_count()}:
+        raise CheckpointError(
+            f"{iterator_dir}: the data position was saved by {sorted(counts)[0]} processes, "
+            f"this run has {jax.process_count()}; resume with the same number of processes, or "
+            "restore without the data iterator (a new data order)"
+        )
+
+
 class Checkpointer:
     """Saves and restores a run's checkpoints under `<workdir>/checkpoints` (absolute path)."""
 
@@ -156,6 +176,7 @@ class Checkpointer:
                 raise CheckpointError(
                     f"{step_dir}: has no data_iterator item; it was saved without the iterator"
                 )
+            _check_iterator_process_count(os.path.join(step_dir, "data_iterator"))
             items["data_iterator"] = grain.checkpoint.CheckpointRestore(data_iterator)
         items.update({n: ocp.args.JsonRestore() for n in JSON_ITEMS if n in present})
         try:

@@ -16,6 +16,7 @@ place, so no parameter ever lives whole on one device.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -26,6 +27,8 @@ from absl import logging
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from phrase_jax.training import distributed
 
 MESH_AXES = ("data", "model")
 LOGICAL_AXES = (
@@ -208,24 +211,65 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P("data"))
 
 
+def data_rows_per_process(mesh: Mesh) -> dict[int, list[int]]:
+    """Process index -> the `data` rows of `mesh` whose devices it owns.
+
+    Raises ValueError unless every data row lies inside one process and each process owns the
+    same number of rows: then each process's pipeline shard is a distinct, equal slice of the
+    global batch (a `model` axis spanning processes would need identical data on them instead).
+    """
+    rows = np.moveaxis(mesh.devices, mesh.axis_names.index("data"), 0).reshape(
+        mesh.shape["data"], -1
+    )
+    owners: dict[int, list[int]] = {}
+    for row, devices in enumerate(rows):
+        processes = {d.process_index for d in devices}
+        if len(processes) != 1:
+            raise ValueError(
+                f"mesh {dict(mesh.shape)}: data row {row} spans processes {sorted(processes)}; "
+                "with several processes keep each `model` group inside one host (mesh.shape "
+                "(-1, k) with k <= devices per host)"
+            )
+        owners.setdefault(processes.pop(), []).append(row)
+    if len({len(r) for r in owners.values()}) != 1 or len(owners) != jax.process_count():
+        raise ValueError(
+            f"mesh {dict(mesh.shape)}: the data axis is split unevenly over "
+            f"{jax.process_count()} processes ({ {p: len(r) for p, r in owners.items()} }); "
+            "use the same number of devices on every host"
+        )
+    return owners
+
+
 def make_global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Per-process numpy batch {key: [B_local, ...]} -> global jax.Arrays [B_global, ...].
 
     Each process passes its own shard (from its own Grain pipeline); on one host the local batch
-    is the global batch. B_global must divide by the `data` axis size.
+    is the global batch. B_global = B_local * process_count must divide by the `data` axis size.
+    The global array stacks the processes' batches in the order their devices appear along
+    `data` (process 0 first for meshes from `make_mesh`).
     """
     sharding = batch_sharding(mesh)
+    if jax.process_count() > 1:
+        _check_data_rows(mesh)
     out = {}
     for key, value in local_batch.items():
         value = np.asarray(value)
-        global_size = value.shape[0] * jax.process_count()
-        if global_size % mesh.shape["data"]:
+        global_shape = (value.shape[0] * jax.process_count(), *value.shape[1:])
+        if global_shape[0] % mesh.shape["data"]:
             raise ValueError(
-                f"batch key {key!r}: global batch {global_size} does not divide by the "
+                f"batch key {key!r}: global batch {global_shape[0]} does not divide by the "
                 f"{mesh.shape['data']}-way data axis; change batch_size or mesh.shape"
             )
-        out[key] = jax.make_array_from_process_local_data(sharding, value)
+        # An explicit global shape: JAX then rejects a local batch of the wrong size instead of
+        # inferring a smaller global array from it.
+        out[key] = jax.make_array_from_process_local_data(sharding, value, global_shape)
+    distributed.note_progress()  # a global batch per step: the stall watchdog's heartbeat
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def _check_data_rows(mesh: Mesh) -> None:
+    data_rows_per_process(mesh)
 
 
 def _get(config: Mapping[str, Any] | Any, key: str, default: Any = KeyError) -> Any:
