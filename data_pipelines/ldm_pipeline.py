@@ -13,9 +13,9 @@
 The section keys are present only when a `section_vocab` (an object with
 `encode(sections, max_sections, max_length)`, i.e. `phrase_jax.models.conditions.SectionVocab`)
 is given; it is passed in so that this package needs no JAX. A split is small (a few hundred
-songs of 512 x 64 floats), so it is read once into memory and scaled there. Order: this
-process's shard of the songs -> seeded shuffle, reshuffled every epoch -> repeat -> batches of
-song indices -> one gather per batch.
+songs of 512 x 64 floats), so it is read once into memory and scaled there. Order: seeded
+shuffle of all songs, reshuffled every epoch -> repeat -> global batches of song indices (B x
+process count) -> this process's rows -> one gather per batch.
 """
 
 from __future__ import annotations
@@ -96,13 +96,14 @@ def load_split(latents_dir: str | pathlib.Path, split: str, manifest: dict | Non
 
 
 class LDMBatch(grain.transforms.Map):
-    """Song indices [B] -> an LDM batch (module docstring), gathered from in-memory arrays."""
+    """Global song indices [G] -> this process's LDM batch (module docstring), gathered from
+    in-memory arrays; `local` picks this process's rows of the global batch."""
 
-    def __init__(self, arrays: dict[str, np.ndarray]):
-        self.arrays = arrays
+    def __init__(self, arrays: dict[str, np.ndarray], local: slice = slice(None)):
+        self.arrays, self.local = arrays, local
 
     def map(self, element: np.ndarray) -> dict[str, np.ndarray]:
-        indices = np.asarray(element, np.int64).ravel()
+        indices = np.asarray(element, np.int64).ravel()[self.local]
         return {key: value[indices] for key, value in self.arrays.items()}
 
 
@@ -154,17 +155,21 @@ def make_ldm_dataset(
     arrays = batch_arrays(
         data, manifest["scale"], section_vocab, max_sections=max_sections, max_bars=max_bars
     )
-    ds = grain.MapDataset.range(len(data.names))[shard_index::shard_count]
-    if len(ds) == 0 or (num_epochs is not None and len(ds) * num_epochs < batch_size):
+    # Global batches of song indices, then this process's rows: the global batch never depends
+    # on the process count.
+    ds = grain.MapDataset.range(len(data.names))
+    global_batch = batch_size * shard_count
+    if len(ds) == 0 or (num_epochs is not None and len(ds) * num_epochs < global_batch):
         raise ValueError(
-            f"{latents_dir}: split {split!r} shard {shard_index}/{shard_count} has {len(ds)} "
-            f"songs, too few for one batch of {batch_size}"
+            f"{latents_dir}: split {split!r} has {len(ds)} songs, too few for one global batch "
+            f"of {global_batch} ({shard_count} processes x {batch_size})"
         )
     ds = ds.seed(seed)
     if shuffle:
         ds = ds.shuffle()
-    ds = ds.repeat(num_epochs).batch(batch_size, drop_remainder=True)
-    return ds.map(LDMBatch(arrays))
+    ds = ds.repeat(num_epochs).batch(global_batch, drop_remainder=True)
+    local = slice(shard_index * batch_size, (shard_index + 1) * batch_size)
+    return ds.map(LDMBatch(arrays, local))
 
 
 def make_ldm_loader(

@@ -95,10 +95,11 @@ class _BatchReader:
     a record, so the pipeline batches *indices* and reads each batch at once.
     """
 
-    def __init__(self, source, max_len: int):
+    def __init__(self, source, max_len: int, local: slice = slice(None)):
         if max_len < len(PHRASE_PREFIX) + 2:
             raise ValueError(f"max_len must be >= {len(PHRASE_PREFIX) + 2}, got {max_len}")
-        self.source, self.max_len = source, max_len
+        # `local` picks this process's rows of the global batch of indices.
+        self.source, self.max_len, self.local = source, max_len, local
 
     def read(self, indices: np.ndarray) -> list[np.ndarray]:
         records = self.source.__getitems__([int(i) for i in np.asarray(indices).ravel()])
@@ -109,23 +110,37 @@ class PhraseBatch(_BatchReader, grain.transforms.Map):
     """Record indices [B] -> phrase batch: five arrays [B, max_len] (module docstring)."""
 
     def map(self, element: np.ndarray) -> dict[str, np.ndarray]:
-        return _stack([phrase_example(t, self.max_len) for t in self.read(element)])
+        return _stack([phrase_example(t, self.max_len) for t in self.read(element[self.local])])
 
 
 class SpanInfillBatch(_BatchReader, grain.transforms.RandomMap):
-    """Record indices [B] -> span-infill batch [B, max_len], corrupted with Grain's rng for
-    this batch position (deterministic in seed and position, whatever the worker count)."""
+    """Global record indices [G] -> this process's span-infill batch [B, max_len].
 
-    def __init__(self, source, max_len: int = 128, ratio: float = 0.3, mean_span: float = 3.0):
-        super().__init__(source, max_len)
+    Grain's rng for this batch position draws one seed per *global* row, so a record's
+    corruption depends only on the seed and its place in the global batch: the same whatever
+    the worker or process count."""
+
+    def __init__(
+        self,
+        source,
+        max_len: int = 128,
+        ratio: float = 0.3,
+        mean_span: float = 3.0,
+        local: slice = slice(None),
+    ):
+        super().__init__(source, max_len, local)
         if not 0.0 <= ratio <= 1.0 or mean_span < 0:
             raise ValueError(f"need 0 <= ratio <= 1 and mean_span >= 0, got {ratio}, {mean_span}")
         self.ratio, self.mean_span = ratio, mean_span
 
     def random_map(self, element: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        seeds = rng.integers(0, 2**63 - 1, size=len(element))[self.local]
+        tokens = self.read(element[self.local])
         return _stack(
             [
-                span_infill_example(t, rng, self.max_len, self.ratio, self.mean_span)
-                for t in self.read(element)
+                span_infill_example(
+                    t, np.random.default_rng(seed), self.max_len, self.ratio, self.mean_span
+                )
+                for t, seed in zip(tokens, seeds, strict=True)
             ]
         )

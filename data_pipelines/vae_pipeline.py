@@ -6,12 +6,13 @@
       decoder_targets int32 [B, L], decoder_mask bool [B, L]          (L = max_len, default 128)
     state = it.get_state(); ...; it.set_state(state)   # the same next batch after restore
 
-Order of operations: this process's shard of the records (every `shard_count`-th record from
-`shard_index`) -> seeded global shuffle, reshuffled every epoch -> repeat -> batches of
-record indices, remainder dropped (fixed shapes) -> one ArrayRecord read per batch
-and the per-record transforms (span corruption draws from Grain's rng for that batch position,
-so a batch depends only on the seed and its position, never on worker count or global numpy
-state) -> optional multiprocess prefetch. B is the per-process batch; the trainer assembles
+Order of operations: seeded shuffle of all records, reshuffled every epoch -> repeat -> global
+batches of record indices (B x shard_count, remainder dropped: fixed shapes) -> this process's
+rows `[shard_index*B, (shard_index+1)*B)` -> one ArrayRecord read of those rows and the
+per-record transforms (span corruption seeds each global row from Grain's rng for that batch
+position) -> optional multiprocess prefetch. So the global batch depends only on the seed and
+its position: never on the worker or process count, and every process runs the same number
+of batches. B is the per-process batch; the trainer assembles
 the global array (`jax.make_array_from_process_local_data`).
 """
 
@@ -46,19 +47,21 @@ def make_vae_dataset(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     source = sources.token_source(data_dir, kind, split)
     # The pipeline runs over record *indices*; each batch of indices is read in one call.
-    ds = grain.MapDataset.range(len(source))[shard_index::shard_count]
-    if len(ds) < batch_size:
+    ds = grain.MapDataset.range(len(source))
+    global_batch = batch_size * shard_count
+    if len(ds) < global_batch:
         raise ValueError(
-            f"{data_dir}: {kind}/{split} shard {shard_index}/{shard_count} has "
-            f"{len(ds)} records, fewer than batch_size {batch_size}"
+            f"{data_dir}: {kind}/{split} has {len(ds)} records, fewer than the global batch "
+            f"{global_batch} ({shard_count} processes x {batch_size}); lower batch_size"
         )
     ds = ds.seed(seed)  # derives the shuffle and span-corruption seeds
     if shuffle:
         ds = ds.shuffle()
-    ds = ds.repeat(num_epochs).batch(batch_size, drop_remainder=True)
+    ds = ds.repeat(num_epochs).batch(global_batch, drop_remainder=True)
+    local = slice(shard_index * batch_size, (shard_index + 1) * batch_size)
     if kind == "phrases":
-        return ds.map(transforms.PhraseBatch(source, max_len))
-    return ds.random_map(transforms.SpanInfillBatch(source, max_len, mask_ratio, mean_span))
+        return ds.map(transforms.PhraseBatch(source, max_len, local))
+    return ds.random_map(transforms.SpanInfillBatch(source, max_len, mask_ratio, mean_span, local))
 
 
 def make_vae_loader(

@@ -267,7 +267,7 @@ def test_ldm_pipeline_is_deterministic_and_restores(latents_dir):
 def test_ldm_pipeline_rejects_bad_input(latents_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="extract the latents first"):
         ldm_pipeline.make_ldm_dataset(tmp_path, "train", batch_size=2, seed=0)
-    with pytest.raises(ValueError, match="too few for one batch"):
+    with pytest.raises(ValueError, match="too few for one global batch"):
         ldm_pipeline.make_ldm_dataset(latents_dir, "valid", batch_size=64, seed=0, num_epochs=1)
     with pytest.raises(ValueError, match="shard_index"):
         ldm_pipeline.make_ldm_dataset(

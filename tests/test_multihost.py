@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from data_pipelines import prepare, vae_pipeline
+from data_pipelines import prepare
 from phrase_jax import config_lib, main
 from phrase_jax.models import vae
 from phrase_jax.stages import train_vae
@@ -85,30 +85,6 @@ def wait_all(processes, timeout_s: float) -> list[int]:
     return codes
 
 
-def shards_in_process_order(
-    data_dir, split, kind, batch_size, seed, max_len=128, num_workers=0, shard_index=None,
-    shard_count=None, **options,
-):  # fmt: skip
-    """`make_vae_loader` for one process that yields exactly the global batches of a
-    PROCESSES-process run: batch i = process 0's batch i, then process 1's, ..."""
-    del num_workers, shard_index, shard_count
-    options.pop("num_threads", None), options.pop("worker_buffer_size", None)
-    parts = [
-        vae_pipeline.make_vae_dataset(
-            data_dir, split, kind, batch_size=batch_size // PROCESSES, seed=seed,
-            max_len=max_len, shard_index=index, shard_count=PROCESSES, **options,
-        )
-        for index in range(PROCESSES)
-    ]  # fmt: skip
-
-    def joined(i):
-        batches = [part[i] for part in parts]
-        return {key: np.concatenate([b[key] for b in batches]) for key in batches[0]}
-
-    # A MapDataset keeps the iterator checkpointable, as the stage saves it.
-    return iter(grain.MapDataset.range(min(map(len, parts))).map(joined).to_iter_dataset())
-
-
 @pytest.fixture(scope="module")
 def data_dir(pop909_dir, tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("multihost_data") / "pop909"
@@ -135,11 +111,10 @@ def two_process_run(data_dir, tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def one_process_run(data_dir, tmp_path_factory) -> pathlib.Path:
-    """The same run in this process (8 devices), fed the 2-process run's global batches."""
+    """The same run in this process (8 devices): the stock pipeline's global batches do not
+    depend on the process count, so nothing is patched."""
     workdir = tmp_path_factory.mktemp("one_process") / "run"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(vae_pipeline, "make_vae_loader", shards_in_process_order)
-        main.run(load_config(f"{CONFIG},data.dir={data_dir}"), str(workdir))
+    main.run(load_config(f"{CONFIG},data.dir={data_dir}"), str(workdir))
     return workdir
 
 

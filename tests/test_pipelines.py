@@ -105,8 +105,21 @@ def test_process_shards_are_disjoint(data_dir):
 
     n = len(sources.token_source(data_dir, "phrases", "train"))
     shard0, shard1 = rows(0), rows(1)
-    assert len(shard0) + len(shard1) == n and abs(len(shard0) - len(shard1)) <= 1
+    # Every process runs the same number of batches (a global remainder is dropped).
+    assert len(shard0) == len(shard1) == n // 2
     assert shard0 != shard1
+
+
+@pytest.mark.parametrize("kind", ["phrases", "bars"])
+def test_global_batch_does_not_depend_on_process_count(data_dir, kind):
+    """Two processes' local batches, stacked, are the one-process batch (span corruption too)."""
+    one = _loader(data_dir, kind, batch_size=8, shard_index=0, shard_count=1)
+    halves = [_loader(data_dir, kind, batch_size=4, shard_index=i, shard_count=2) for i in (0, 1)]
+    for _ in range(3):
+        expected = next(one)
+        parts = [next(h) for h in halves]
+        for key, value in expected.items():
+            np.testing.assert_array_equal(value, np.concatenate([p[key] for p in parts]))
 
 
 def test_span_infill_batch(data_dir):
@@ -164,5 +177,5 @@ def test_bad_arguments_fail_clearly(data_dir, tmp_path):
         _loader(str(tmp_path))
     with pytest.raises(ValueError, match="shard_index"):
         _loader(data_dir, shard_index=2, shard_count=2)
-    with pytest.raises(ValueError, match="fewer than batch_size"):
+    with pytest.raises(ValueError, match="fewer than the global batch"):
         _loader(data_dir, batch_size=10**6)
