@@ -1,0 +1,92 @@
+"""Evaluate a trained PhraseLDM (SPEC 7): generated vs real songs in metrics.json / metrics.md.
+
+    python -m phrase_jax.main --config experiments/evaluate.py:lencond --workdir runs/eval_lencond
+    python -m phrase_jax.main --config experiments/evaluate.py:lencond,cpu \
+        --workdir runs/eval_lencond_cpu
+    python -m phrase_jax.main --workdir runs/eval_lencond_vs_uncond_cpu \
+        --config experiments/evaluate.py:lencond,cpu,compare.ldm_workdir=runs/ldm_uncond_cpu
+    make eval VARIANT=lencond,cpu [LDM_WORKDIR=runs/ldm_lencond_cpu] [EVAL_ARGS=num_songs=50]
+
+The workdir is the output folder (metrics.json, metrics.md, self_similarity.png). Variants name
+the LDM run as experiments/sample.py does (`runs/ldm_<condition>[_bars][_<scale>]`): a condition
+(`uncond` default, `lencond`, `seccond`), `bars`, and a scale: (none) the paper protocol, 100
+songs of 64 bars (length accuracy) with the 1000-step DDPM sampler; `cpu` 20 songs (the ref's
+count) with DPM-Solver++(2M), 50 steps; `runlocal` 2 songs of 4 bars, 4 DDIM steps (CI).
+Sampling options are experiments/sample.py's. Evaluation options: `reference_songs` (training
+songs whose slots form the PhraseFID reference set; ref 100), `real_splits` (the real row),
+`memorisation_train_songs` (0: every training melody), `fid_orders`, `srs_threshold`,
+`srs_min_run`, `melody_program`, `plot_songs`, `label`, `data_dir` (prepared data; "" = the one
+the latents manifest names). `compare.*` adds a comparison row: another LDM run
+(`compare.ldm_workdir`, same VAE) and/or another `compare.sampler` / `compare.steps` /
+`compare.guidance_scale` (empty, 0 and -1 keep the evaluated row's).
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+CONDITIONS = ("uncond", "lencond", "seccond")
+SCALES = ("runlocal", "cpu")
+VARIANTS = (*CONDITIONS, "bars", *SCALES)
+
+
+def get_config(arg=None):
+    variants = tuple(v for v in (arg or "").split(",") if v)
+    condition = [v for v in variants if v in CONDITIONS]
+    scale = [v for v in variants if v in SCALES]
+    if len(condition) > 1 or len(scale) > 1:
+        raise ValueError(f"pick at most one of {CONDITIONS} and of {SCALES}")
+    run_parts = [*(condition or ["uncond"]), *(["bars"] if "bars" in variants else []), *scale]
+
+    config = ml_collections.ConfigDict()
+    config.stage = "evaluate"
+    config.seed = 0  # sampling noise and the choice of reference songs
+    config.ldm_workdir = os.path.join("runs", "_".join(["ldm", *run_parts]))
+    config.ldm_step = 0  # 0 = the latest checkpoint
+    config.use_ema = True
+    config.latents_dir = ""  # "" = the LDM run's latents.dir
+    config.vae_workdir = ""  # "" = the VAE the latents manifest names
+    config.data_dir = ""  # "" = the prepared data the latents manifest names
+    config.label = ""  # row name of the evaluated LDM ("" = run, step and sampler)
+    # Sampling (experiments/sample.py's keys; phrase_jax.stages.sample.SampleSettings).
+    config.num_songs = 100  # ref protocol: 20; SPEC 7: at least 100
+    config.bars = 0  # 0 = the sections' total, else 64 (SPEC 7 length accuracy)
+    config.sections = ""
+    config.sampler = "ddpm"
+    config.steps = 1000
+    config.guidance_scale = 1.0
+    config.clip = -1.0  # -1 = the manifest's clip (scaled space), 0 = none
+    config.end = "auto"
+    config.batch_size = 16
+    config.decode_chunk = 1024
+    config.compare = ml_collections.ConfigDict(
+        dict(ldm_workdir="", ldm_step=0, sampler="", steps=0, guidance_scale=-1.0, label="")
+    )
+    # Metrics.
+    config.reference_songs = 100  # ref: all slots of 100 training songs
+    config.real_splits = ("valid", "test")
+    config.memorisation_train_songs = 0  # 0 = every training melody
+    config.melody_program = 13  # POP909 MELODY
+    config.fid_orders = (1, 2, 4, 8)
+    config.srs_threshold = 0.5
+    config.srs_min_run = 4
+    config.plot_songs = 3
+    config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1)))
+
+    if "cpu" in scale:
+        config.num_songs = 20
+        config.sampler = "dpm_solver_pp"
+        config.steps = 50
+        config.batch_size = 10
+        config.decode_chunk = 512
+    elif "runlocal" in scale:
+        config.num_songs = 2
+        config.bars = 4
+        config.sampler = "ddim"
+        config.steps = 4
+        config.batch_size = 2
+        config.decode_chunk = 64
+        config.plot_songs = 2
+    return config

@@ -1,0 +1,338 @@
+"""The evaluation stage (SPEC 7): generated songs and real songs measured the same way, one table.
+
+    python -m phrase_jax.main --config experiments/evaluate.py:lencond,cpu \
+        --workdir runs/eval_lencond_cpu
+    make eval VARIANT=lencond,cpu [LDM_WORKDIR=runs/ldm_lencond_cpu] [EVAL_ARGS=num_songs=50]
+
+`run(config, workdir)` reads top to bottom: the LDM, its latents manifest and VAE
+(`ldm_loading.load_pipeline`) → the reference set: all slots of `reference_songs` training songs
+from the latents dir (ref protocol) → the training melodies (the prepared data dir the manifest
+names) → one `SongSet` per row, each measured by `evaluate_set`:
+  real        held-out songs (`real_splits`): their latents from the latents dir, their songs
+              assembled from the prepared slots; MR = held-out melodies vs training melodies
+  generated   `sample.generate` with the config's sampling settings
+  comparison  (when `compare.*` is set) a second LDM workdir and/or another sampler
+→ metrics.json, metrics.md (Ou & Wang's Table 5 numbers as labelled rows) and
+self_similarity.png (`evaluation_report`).
+
+A generated song counts as many bars as its assembled song has (the output a listener gets: cut
+where the decoded `[SEP]` is, or at the requested length); its latents are its first
+slots_per_bar * n_bars slots, as for real songs. A metric a set cannot define (a FID with fewer
+than two windows on a side, SRS without a song with bars) is NaN here and null in metrics.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from absl import logging
+
+from data_pipelines import ldm_pipeline, sources
+from phrase_jax.evaluation import fid, generation, memorisation, note_stats, structure
+from phrase_jax.music import layout
+from phrase_jax.music.events import Song
+from phrase_jax.stages import evaluation_report, ldm_loading, sample
+from phrase_jax.training import sharding
+
+METRICS_JSON = "metrics.json"
+# The comparison LDM must decode with the same VAE, or its latents live in another space.
+SAME_SPACE_KEYS = ("vae_step", "vae_config_hash", "latent_dim", "slots_per_bar")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricSettings:
+    slots_per_bar: int = 4
+    fid_orders: tuple[int, ...] = fid.DEFAULT_ORDERS
+    srs_threshold: float = structure.DEFAULT_THRESHOLD
+    srs_min_run: int = structure.DEFAULT_MIN_RUN
+    melody_program: int = memorisation.MELODY_PROGRAM
+
+
+@dataclasses.dataclass
+class SongSet:
+    """The songs of one table row. `latents`: per song [slots_per_bar * n_bars_i, D] unscaled
+    VAE latents; `songs`: the same songs as `Song`s; `target_bars`: the length asked for
+    (generated rows; None for real songs); `info`: provenance written with the row."""
+
+    name: str
+    kind: str  # real | generated | comparison
+    latents: list[np.ndarray]
+    songs: list[Song]
+    target_bars: int | None = None
+    info: dict = dataclasses.field(default_factory=dict)
+
+
+def _nan_unless(defined: bool, compute) -> float:
+    return float(compute()) if defined else float("nan")
+
+
+def evaluate_set(
+    song_set: SongSet,
+    reference: Sequence[np.ndarray],
+    training_melodies: Sequence[Sequence[int]],
+    settings: MetricSettings,
+) -> dict[str, float]:
+    """Every SPEC 7 metric of one set: PhraseFID and n-gram FIDs vs `reference` (trimmed
+    [T_i, D] songs), mean SRS, MR vs `training_melodies`, length accuracy (when the set has a
+    target), song diversity and phrase spread, and the mean note statistics."""
+    spb = settings.slots_per_bar
+    latents, songs = song_set.latents, song_set.songs
+    n_bars = [len(x) // spb for x in latents]
+    metrics: dict[str, float] = {"songs": len(songs), "mean_n_bars": float(np.mean(n_bars))}
+    for n in settings.fid_orders:
+        key = "phrase_fid" if n == 1 else f"fid_{n}gram"
+        enough = min(len(fid.ngram_vectors(s, n)) for s in (latents, reference)) >= 2
+        metrics[key] = _nan_unless(enough, lambda n=n: fid.phrase_fid(latents, reference, n))
+    with_bars = [x for x in latents if len(x)]
+    metrics["srs"] = _nan_unless(
+        bool(with_bars),
+        lambda: structure.mean_section_recurrence_score(
+            with_bars, spb, settings.srs_threshold, settings.srs_min_run
+        ),
+    )
+    melodies = memorisation.song_melodies(songs, settings.melody_program)
+    if len(training_melodies) >= 2:
+        result = memorisation.memorisation(melodies, training_melodies)
+        metrics.update(result.summary())
+    else:
+        metrics.update(memorisation_rate=np.nan, mean_t2r=np.nan, mean_max_similarity=np.nan)
+    metrics["melody_songs"] = sum(bool(m) for m in melodies)
+    if song_set.target_bars is not None:
+        metrics.update(generation.length_accuracy(n_bars, song_set.target_bars))
+    metrics["song_diversity"] = _nan_unless(  # a distance between songs needs two songs
+        len(with_bars) >= 2, lambda: generation.song_diversity(with_bars)
+    )
+    metrics["phrase_spread"] = _nan_unless(
+        sum(map(len, latents)) >= 2, lambda: generation.phrase_spread(with_bars)
+    )
+    songs_with_bars = [s for s in songs if s.bars]
+    if songs_with_bars:
+        metrics.update(note_stats.mean_note_statistics(songs_with_bars))
+    else:
+        metrics.update(dict.fromkeys(note_stats.STATISTICS, float("nan")))
+    return metrics
+
+
+def trimmed_latents(split: ldm_pipeline.LatentSplit, rows, slots_per_bar: int) -> list:
+    """The real slots [slots_per_bar * n_bars, D] of songs `rows` of a latents split."""
+    return fid.trim_songs(split.latents[rows], split.n_bars[rows], slots_per_bar)
+
+
+def reference_set(
+    split: ldm_pipeline.LatentSplit, count: int, seed: int, slots_per_bar: int
+) -> tuple[list[np.ndarray], list[str]]:
+    """All slots of `count` training songs (a seeded choice, in split order) and their names."""
+    if count < 1:
+        raise ValueError(f"config reference_songs={count}: must be >= 1")
+    total = len(split.names)
+    rows = np.sort(np.random.default_rng(seed).permutation(total)[: min(count, total)])
+    return trimmed_latents(split, rows, slots_per_bar), [split.names[i] for i in rows]
+
+
+def _assembled_songs(data_dir: str, split: str, slots_per_bar: int) -> dict[str, Song]:
+    """name -> Song of every prepared song of `split` (its slots assembled by position)."""
+    return {
+        record["name"]: layout.assemble_song(record["slots"], slots_per_bar, name=record["name"])[0]
+        for record in sources.read_songs(data_dir, split)
+    }
+
+
+def training_melodies(
+    data_dir: str, slots_per_bar: int, program: int, limit: int
+) -> list[list[int]]:
+    """Non-empty melodies of the training songs (the first `limit`, 0 = all)."""
+    songs = list(_assembled_songs(data_dir, "train", slots_per_bar).values())
+    songs = songs[:limit] if limit > 0 else songs
+    return [m for m in memorisation.song_melodies(songs, program) if m]
+
+
+def real_set(
+    latents_dir: str, manifest: dict, data_dir: str, splits: Sequence[str], slots_per_bar: int
+) -> SongSet:
+    """The held-out songs of `splits`: latents from the latents dir, songs from the data dir."""
+    latents, songs = [], []
+    for split in splits:
+        latent_split = ldm_pipeline.load_split(latents_dir, split, manifest)
+        assembled = _assembled_songs(data_dir, split, slots_per_bar)
+        missing = [n for n in latent_split.names if n not in assembled]
+        if missing:
+            raise ValueError(
+                f"{data_dir}: {split} song {missing[0]} of {latents_dir} is not in the prepared "
+                "data; pass the data dir the latents were extracted from (data_dir=...)"
+            )
+        rows = np.arange(len(latent_split.names))
+        latents += trimmed_latents(latent_split, rows, slots_per_bar)
+        songs += [assembled[n] for n in latent_split.names]
+    if not songs:
+        raise ValueError(f"{latents_dir}: splits {list(splits)} hold no songs; set real_splits")
+    label = "+".join(splits)
+    return SongSet(f"real held-out ({label})", "real", latents, songs, info={"splits": label})
+
+
+def generated_set(
+    name: str, kind: str, generated: list[sample.GeneratedSong], stats: dict, slots_per_bar: int
+) -> SongSet:
+    """A row from `sample.generate` output: each song's first slots_per_bar * bars latents."""
+    latents = [g.latents_nd[: slots_per_bar * len(g.song.bars)] for g in generated]
+    used = stats["settings"]
+    info = {k: used[k] for k in ("sampler", "steps", "guidance_scale", "bars", "end", "clip")}
+    info.update(told_length=used["told_length"], conditions=used["conditions"])
+    info["disagreement_rate"] = stats["totals"]["disagreement_rate"]
+    info["n_bars"] = [len(g.song.bars) for g in generated]
+    return SongSet(name, kind, latents, [g.song for g in generated], used["bars"], info)
+
+
+def _generate_row(pipeline, settings: sample.SampleSettings, kind: str, label: str):
+    started = time.monotonic()
+    generated, stats = sample.generate(*pipeline, settings)
+    ldm = pipeline.ldm
+    name = label or (
+        f"{os.path.basename(ldm.workdir)} (step {ldm.step}), {stats['settings']['sampler']} "
+        f"{settings.steps} steps, guidance {settings.guidance_scale:g}"
+    )
+    song_set = generated_set(name, kind, generated, stats, int(pipeline.manifest["slots_per_bar"]))
+    song_set.info.update(ldm_workdir=ldm.workdir, ldm_step=ldm.step, used_ema=ldm.used_ema)
+    song_set.info["generate_s"] = round(time.monotonic() - started, 3)
+    return song_set
+
+
+def comparison_settings(config, settings: sample.SampleSettings) -> sample.SampleSettings | None:
+    """The comparison row's sampling settings, or None when `compare.*` asks for none."""
+    compare = config.compare
+    if not (compare.ldm_workdir or compare.sampler or compare.steps or compare.guidance_scale >= 0):
+        return None
+    return dataclasses.replace(
+        settings,
+        sampler=compare.sampler or settings.sampler,
+        steps=compare.steps or settings.steps,
+        guidance_scale=(
+            compare.guidance_scale if compare.guidance_scale >= 0 else settings.guidance_scale
+        ),
+    )
+
+
+def _comparison_pipeline(config, mesh, primary: ldm_loading.SamplingPipeline):
+    if not config.compare.ldm_workdir:
+        return primary
+    pipeline = ldm_loading.load_pipeline(
+        config.compare.ldm_workdir, mesh, ldm_step=config.compare.ldm_step or None,
+        use_ema=config.use_ema, vae_workdir=config.vae_workdir,
+    )  # fmt: skip
+    for key in SAME_SPACE_KEYS:
+        if pipeline.manifest.get(key) != primary.manifest.get(key):
+            raise ValueError(
+                f"config compare.ldm_workdir={config.compare.ldm_workdir}: its latents have "
+                f"{key}={pipeline.manifest.get(key)!r}, the evaluated LDM's "
+                f"{primary.manifest.get(key)!r}; compare LDMs trained on the same VAE"
+            )
+    return pipeline
+
+
+def _json_ready(value):
+    """NaN/inf -> None (strict JSON), numpy scalars -> Python numbers, recursively."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def run(config, workdir: str) -> dict:
+    """Evaluates the configured LDM into `workdir`; returns the metrics.json dict."""
+    started = time.monotonic()
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    mesh = sharding.make_mesh(config.mesh)
+    pipeline = ldm_loading.load_pipeline(
+        config.ldm_workdir, mesh, ldm_step=config.ldm_step or None, use_ema=config.use_ema,
+        latents_dir=config.latents_dir, vae_workdir=config.vae_workdir,
+    )  # fmt: skip
+    manifest = pipeline.manifest
+    latents_dir = os.path.abspath(config.latents_dir or pipeline.ldm.config.latents.dir)
+    data_dir = os.path.abspath(config.data_dir or manifest["data_dir"])
+    metric_settings = MetricSettings(
+        slots_per_bar=int(manifest["slots_per_bar"]),
+        fid_orders=tuple(int(n) for n in config.fid_orders),
+        srs_threshold=float(config.srs_threshold),
+        srs_min_run=int(config.srs_min_run),
+        melody_program=int(config.melody_program),
+    )
+    spb = metric_settings.slots_per_bar
+    timings = {"load_s": time.monotonic() - started}
+
+    tick = time.monotonic()
+    train_split = ldm_pipeline.load_split(latents_dir, "train", manifest)
+    reference, reference_names = reference_set(
+        train_split, config.reference_songs, config.seed, spb
+    )
+    melodies = training_melodies(
+        data_dir, spb, metric_settings.melody_program, config.memorisation_train_songs
+    )
+    sets = [real_set(latents_dir, manifest, data_dir, config.real_splits, spb)]
+    timings["real_data_s"] = time.monotonic() - tick
+
+    settings = sample.settings_from_config(config)
+    sets.append(_generate_row(pipeline, settings, "generated", config.label))
+    compare_settings = comparison_settings(config, settings)
+    if compare_settings is not None:
+        compare_pipeline = _comparison_pipeline(config, mesh, pipeline)
+        sets.append(
+            _generate_row(compare_pipeline, compare_settings, "comparison", config.compare.label)
+        )
+
+    tick = time.monotonic()
+    rows = []
+    for song_set in sets:
+        metrics = evaluate_set(song_set, reference, melodies, metric_settings)
+        rows.append({"name": song_set.name, "kind": song_set.kind, "metrics": metrics,
+                     "info": song_set.info})  # fmt: skip
+        logging.info("%s: %s", song_set.name, {k: round(v, 4) for k, v in metrics.items()})
+    timings["metrics_s"] = time.monotonic() - tick
+    result = {
+        "rows": rows,
+        "reported": evaluation_report.reported_rows(),
+        "reference": {
+            "songs": len(reference),
+            "slots": int(sum(map(len, reference))),
+            "names": reference_names,
+            "srs": structure.mean_section_recurrence_score(
+                [x for x in reference if len(x)],
+                spb,
+                metric_settings.srs_threshold,
+                metric_settings.srs_min_run,
+            ),  # fmt: skip
+            "training_melodies": len(melodies),
+        },
+        "settings": {
+            "latents_dir": latents_dir,
+            "data_dir": data_dir,
+            "vae_workdir": manifest["vae_workdir"],
+            "vae_step": manifest["vae_step"],
+            **dataclasses.asdict(metric_settings),
+        },
+    }
+    if jax.process_index() == 0:
+        tick = time.monotonic()
+        result["plot"] = evaluation_report.write_self_similarity_plot(
+            sets, workdir, metric_settings, config.plot_songs
+        )
+        evaluation_report.write_markdown(result, workdir)
+        timings["report_s"] = time.monotonic() - tick
+    timings["total_s"] = time.monotonic() - started
+    result["timings"] = {k: round(v, 3) for k, v in timings.items()}
+    result = _json_ready(result)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, METRICS_JSON), "w") as f:
+            json.dump(result, f, indent=1, allow_nan=False)
+    logging.info("evaluation written to %s in %.1f s", workdir, timings["total_s"])
+    return result

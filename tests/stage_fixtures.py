@@ -1,0 +1,86 @@
+"""Tiny stage workdirs for stage tests (sample, evaluate, colab), written directly: untrained
+runlocal-size VAE and LDM checkpoints laid out exactly as the training stages write them
+(training them would take minutes)."""
+
+import json
+import pathlib
+
+import pytest
+
+from phrase_jax import config_lib, main
+from phrase_jax.models import conditions
+from phrase_jax.music import layout
+from phrase_jax.stages import extract_latents, train_ldm, train_vae, vae_loading
+from phrase_jax.training import checkpointing, sharding
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+VAE_STEP, LDM_STEP = 3, 2
+# "cond": the length bucket and the section string together, so one run covers both paths.
+LDM_RUNS = {"uncond": (), "cond": ("length", "sections")}
+SECTION_TYPES = [[("A", 8), ("B", 8), ("i", 4), ("o", 4)]]
+
+
+def load_config(name: str, arg: str = ""):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(REPO))  # experiment files import `experiments.*`
+        return config_lib.load_experiment(f"{REPO}/experiments/{name}.py:{arg}")
+
+
+def save_fresh_state(config, workdir: pathlib.Path, build_state_spec, step: int, json_items):
+    main.prepare_workdir(config, str(workdir))  # config.json, as main.run writes it
+    mesh = sharding.make_mesh({"shape": (-1, 1)})
+    spec, create, _ = build_state_spec(config, mesh)
+    checkpointer = checkpointing.Checkpointer(workdir, async_save=False)
+    checkpointer.save(step, sharding.init_state(create, spec.shardings), json_items=json_items)
+    checkpointer.close()
+
+
+def save_tiny_vae(workdir: pathlib.Path, arg: str = "runlocal") -> None:
+    """An untrained runlocal VAE run (8-d latents) at VAE_STEP."""
+    save_fresh_state(load_config("vae", arg), workdir, train_vae.build_state_spec, VAE_STEP, None)
+
+
+def save_tiny_ldm(workdir: pathlib.Path, latents_dir: pathlib.Path, model_conditions) -> None:
+    """An untrained runlocal LDM run at LDM_STEP on `latents_dir` (its manifest's provenance
+    recorded in the checkpoint, as train_ldm does), with `model_conditions`."""
+    manifest = json.loads((latents_dir / "manifest.json").read_text())
+    provenance = {k: manifest[k] for k in train_ldm.LATENT_PROVENANCE}
+    section_vocab = conditions.SectionVocab.build(SECTION_TYPES)
+    config = load_config("ldm", f"runlocal,seccond,latents.dir={latents_dir}")
+    config.model.conditions = tuple(model_conditions)
+    extra = {"latents": provenance, "section_vocab": section_vocab.types}
+    json_items = {"config": config.to_dict(), "extra": extra}
+    save_fresh_state(config, workdir, train_ldm.build_state_spec, LDM_STEP, json_items)
+    section_vocab.save(workdir / train_ldm.SECTION_VOCAB)
+
+
+def build_tiny_runs(root: pathlib.Path, ldm_runs=tuple(LDM_RUNS)) -> dict[str, str]:
+    """Untrained runlocal VAE (8-d latents), a latents manifest with its special latents, and
+    runlocal LDM workdirs (`ldm_runs`, names of LDM_RUNS), laid out exactly as the training
+    stages write them. Returns {"vae", "latents", *ldm_runs} -> absolute paths."""
+    paths = {"vae": root / "vae", "latents": root / "latents"}
+    save_tiny_vae(paths["vae"])
+    vae_config = load_config("vae", "runlocal")
+    mesh = sharding.make_mesh({"shape": (-1, 1)})
+    loaded = vae_loading.load_vae(str(paths["vae"]), mesh)
+    special_phrases = [
+        tuple(layout.INST_PHRASE),
+        tuple(layout.BAR_PHRASE),
+        tuple(layout.SEP_PHRASE),
+    ]
+    special = extract_latents.encode_phrases(
+        loaded.model, mesh, special_phrases, batch_size=8, max_len=vae_config.data.max_len
+    )
+    manifest = {
+        "vae_workdir": str(paths["vae"]), "vae_step": VAE_STEP,
+        "vae_config_hash": loaded.config_hash, "vae_checkpoint": loaded.checkpoint_dir,
+        "slots_per_bar": 4, "max_slots": 512, "latent_dim": 8, "scale": 0.5, "clip": 3.0,
+        "special_latents": dict(zip(("inst", "bar", "sep"), special.tolist(), strict=True)),
+        "songs": [], "shards": {}, "splits": {},
+    }  # fmt: skip
+    paths["latents"].mkdir()
+    (paths["latents"] / "manifest.json").write_text(json.dumps(manifest))
+    for name in ldm_runs:
+        paths[name] = root / f"ldm_{name}"
+        save_tiny_ldm(paths[name], paths["latents"], LDM_RUNS[name])
+    return {k: str(v.resolve()) for k, v in paths.items()}

@@ -1,0 +1,144 @@
+"""The evaluation stage end to end on a tiny chain (5 prepared POP909 songs → untrained runlocal
+VAE → real latent extraction → untrained runlocal LDMs): metrics.json / metrics.md with the
+real, generated, comparison and reported rows, the self-similarity PNG, the real row's PhraseFID
+recomputed from the npz shards, and sets whose metrics are undefined."""
+
+import json
+import math
+import pathlib
+
+import numpy as np
+import pytest
+from stage_fixtures import load_config, save_tiny_ldm, save_tiny_vae
+
+from data_pipelines import prepare
+from phrase_jax import config_lib, main
+from phrase_jax.evaluation import fid
+from phrase_jax.music.events import Bar, Note, Song
+from phrase_jax.stages import evaluate, evaluation_report
+
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def chain(pop909_dir, tmp_path_factory) -> dict[str, pathlib.Path]:
+    """5 songs (3 train, 1 valid, 1 test), their latents, an exact-bars LDM and a
+    length-bucket + sections LDM on them."""
+    root = tmp_path_factory.mktemp("eval_chain")
+    dirs = {name: root / name for name in ("data", "vae", "latents", "ldm_bars", "ldm_cond")}
+    prepare.prepare(
+        "pop909", dirs["data"], input_dir=str(pop909_dir), workers=1, limit=5, log=lambda _: 0
+    )
+    save_tiny_vae(dirs["vae"])
+    extract = f"runlocal,data.dir={dirs['data']},vae_workdir={dirs['vae']}"
+    main.run(load_config("extract", extract), str(dirs["latents"]))
+    save_tiny_ldm(dirs["ldm_bars"], dirs["latents"], ("bars",))
+    save_tiny_ldm(dirs["ldm_cond"], dirs["latents"], ("length", "sections"))
+    return dirs
+
+
+def _finite_or_null(value) -> bool:
+    return value is None or (isinstance(value, int | float) and math.isfinite(value))
+
+
+def test_stage_writes_metrics_table_and_plot(chain, tmp_path):
+    arg = (
+        f"runlocal,ldm_workdir={chain['ldm_bars']},steps={STEPS},"
+        f"compare.ldm_workdir={chain['ldm_cond']},compare.sampler=ddpm"
+    )
+    main.run(load_config("evaluate", arg), str(tmp_path))
+    result = json.loads((tmp_path / evaluate.METRICS_JSON).read_text())
+    rows = {row["kind"]: row for row in result["rows"]}
+    assert [row["kind"] for row in result["rows"]] == ["real", "generated", "comparison"]
+    assert len(result["reported"]) == 3
+    for row in result["rows"] + result["reported"]:
+        assert all(_finite_or_null(v) for v in row["metrics"].values()), row
+
+    real = rows["real"]["metrics"]
+    assert real["songs"] == 2 and "length_bucket_accuracy" not in real
+    for key in ("phrase_fid", "fid_2gram", "fid_4gram", "fid_8gram", "srs", "song_diversity"):
+        assert real[key] is not None and real[key] >= 0, key
+    assert 0.0 <= real["memorisation_rate"] <= 1.0 and real["notes_per_bar"] > 0
+    assert result["reference"]["songs"] == 3 and result["reference"]["training_melodies"] == 3
+
+    # The real row's PhraseFID, recomputed from the shards: held-out vs all 3 training songs.
+    manifest = json.loads((chain["latents"] / "manifest.json").read_text())
+
+    def shard_songs(split):
+        songs = []
+        for name in manifest["shards"][split]:
+            with np.load(chain["latents"] / name) as shard:
+                songs += fid.trim_songs(shard["latents"], shard["n_bars"])
+        return songs
+
+    held_out = shard_songs("valid") + shard_songs("test")
+    expected = fid.phrase_fid(held_out, shard_songs("train"))
+    assert real["phrase_fid"] == pytest.approx(expected, rel=1e-9)
+
+    for kind in ("generated", "comparison"):
+        generated, info = rows[kind]["metrics"], rows[kind]["info"]
+        assert generated["songs"] == 2 and 0 <= generated["mean_n_bars"] <= 4
+        assert info["bars"] == 4 and 0.0 <= generated["length_bucket_accuracy"] <= 1.0
+    assert rows["generated"]["info"]["sampler"] == "ddim"
+    assert rows["comparison"]["info"]["sampler"] == "ddpm"
+    assert rows["comparison"]["info"]["ldm_workdir"] == str(chain["ldm_cond"])
+    for kind in ("generated", "comparison"):
+        n_bars = np.array(rows[kind]["info"]["n_bars"])
+        assert rows[kind]["metrics"]["length_exact_accuracy"] == np.mean(n_bars == 4)
+        assert rows[kind]["metrics"]["mean_n_bars"] == np.mean(n_bars)
+
+    markdown = (tmp_path / evaluation_report.MARKDOWN).read_text()
+    for row in result["rows"]:
+        assert row["name"] in markdown
+    assert markdown.count(evaluation_report.REPORTED_SOURCE) >= 3
+    assert "| 4.240 | — | — | — | 0.444 | 5% |" in markdown
+    assert "| 0.165 | 0% | 95% |" in markdown
+    assert "Note statistics" in markdown
+    png = tmp_path / result["plot"]
+    assert png.read_bytes().startswith(b"\x89PNG")
+
+
+def _song(n_bars: int, pitch: int = 60) -> Song:
+    notes = {13: [Note(onset=0, pitch=pitch, duration=12, velocity=96)]}
+    return Song(bars=[Bar(tracks=dict(notes)) for _ in range(n_bars)])
+
+
+def test_undefined_metrics_are_nan_and_null_not_errors():
+    """A set whose songs have no bars: FIDs, SRS, diversity and note statistics are undefined
+    (NaN, null in JSON, "—" in the table); length accuracy still counts them."""
+    rng = np.random.default_rng(0)
+    reference = [rng.normal(size=(16, 8)) for _ in range(3)]
+    empty = evaluate.SongSet("empty", "generated", [np.zeros((0, 8))] * 2, [Song(bars=[])] * 2, 64)
+    melodies = [[1, 2, 3], [4, 5, 6]]
+    settings = evaluate.MetricSettings()
+    metrics = evaluate.evaluate_set(empty, reference, melodies, settings)
+    for key in ("phrase_fid", "fid_8gram", "srs", "song_diversity", "notes_per_bar"):
+        assert math.isnan(metrics[key]), key
+    assert metrics["length_bucket_accuracy"] == 0.0 and metrics["memorisation_rate"] == 0.0
+    assert evaluate._json_ready({"a": [metrics["srs"], np.float32(1.5)]}) == {"a": [None, 1.5]}
+    assert evaluation_report.format_value(metrics["srs"], ".3f") == "—"
+
+    # One 1-bar song: a Gaussian needs 2 windows, so FID-2 and up stay undefined; FID is not.
+    short = evaluate.SongSet("short", "real", [rng.normal(size=(4, 8))], [_song(1)])
+    metrics = evaluate.evaluate_set(short, reference, melodies, settings)
+    assert math.isfinite(metrics["phrase_fid"]) and math.isfinite(metrics["fid_2gram"])
+    assert math.isnan(metrics["fid_8gram"]) and "length_bucket_accuracy" not in metrics
+    assert metrics["notes_per_bar"] == 1.0
+
+
+def test_evaluate_config_names_the_ldm_run_and_the_comparison():
+    assert load_config("evaluate").ldm_workdir == "runs/ldm_uncond"
+    cpu = load_config("evaluate", "lencond,cpu")
+    assert cpu.ldm_workdir == "runs/ldm_lencond_cpu" and cpu.num_songs == 20
+    paper = load_config("evaluate")
+    assert (paper.num_songs, paper.sampler, paper.steps) == (100, "ddpm", 1000)
+    assert paper.reference_songs == 100
+    config_lib.validate(paper)
+    settings = evaluate.sample.settings_from_config(paper)
+    assert evaluate.sample.resolve_length(settings, 128)[0] == 64  # SPEC 7: 64 bars
+    assert evaluate.comparison_settings(paper, settings) is None
+    other = load_config("evaluate", "compare.steps=50,compare.sampler=ddim")
+    compared = evaluate.comparison_settings(other, settings)
+    assert (compared.sampler, compared.steps, compared.guidance_scale) == ("ddim", 50, 1.0)
+    with pytest.raises(ValueError, match="at most one"):
+        load_config("evaluate", "lencond,uncond")
