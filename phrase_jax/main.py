@@ -141,12 +141,20 @@ def stage_runner(stage: str) -> Callable:
 
 
 def prepare_workdir(config, workdir: str) -> str:
-    """Creates the workdir and writes config.json (process 0); returns its absolute path."""
+    """Creates the workdir and writes config.json atomically (process 0); returns its absolute
+    path. An evaluation of an existing run (`mode=eval`) writes `eval_config.json` instead, so
+    it never replaces the config the run was trained with."""
     workdir = os.path.abspath(workdir)
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
+        name = "config.json"
+        is_eval = "mode" in config and config.mode == "eval"
+        if is_eval and os.path.exists(os.path.join(workdir, name)):
+            name = "eval_config.json"
+        path = os.path.join(workdir, name)
+        with open(f"{path}.tmp", "w") as f:
             f.write(config_lib.to_json(config))
+        os.replace(f"{path}.tmp", path)
     return workdir
 
 

@@ -138,6 +138,12 @@ def test_main_dispatches_and_writes_config_json(experiment, tmp_path, monkeypatc
     assert calls and calls[0][1] == str(tmp_path / "run")
     written = json.loads((tmp_path / "run" / "config.json").read_text())
     assert written["total_steps"] == 10
+    # Evaluating the run never replaces the config it was trained with.
+    evaluation = config_lib.load_experiment(f"{experiment}:runlocal,total_steps=3", lock=False)
+    evaluation.mode = "eval"
+    main.run(evaluation, str(tmp_path / "run"))
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["total_steps"] == 10
+    assert json.loads((tmp_path / "run" / "eval_config.json").read_text())["mode"] == "eval"
     with pytest.raises(ValueError, match="stage='dance' is unknown"):
         main.stage_runner("dance")
     monkeypatch.setitem(main.STAGE_RUNNERS, "sample", _missing_stage)
