@@ -362,23 +362,32 @@ class MultiHeadAttention(nnx.Module):
             k = apply_rope(k, positions_bs, rotary_dims=self.rope_dims, theta=self.rope_theta)
         return k, self._project(x_bsd, self.value, self.value_bias)
 
-    def attend(self, q_bthk, k_bshk, v_bshk, *, bias=None, mask=None, rngs=None) -> jax.Array:
+    def attend(
+        self, q_bthk, k, v, *, bias=None, mask=None, rngs=None, kv_layout: str = "bshk"
+    ) -> jax.Array:
         """Attention output [B, T, in_features] from projected q, k, v.
 
-        bias: float, broadcastable to [B, H, T, S]; mask: bool, broadcastable to [B, H, T, S].
+        k, v: [B, S, kv_heads, head_dim] (`kv_layout="bshk"`, what `project_key_value` returns)
+        or [B, kv_heads, S, head_dim] (`"bhsk"`: a decoding cache in this layout feeds the
+        batched q·k and weights·v dots directly; in "bshk" XLA CPU transposes the whole cache
+        every step). bias: float, broadcastable to [B, H, T, S]; mask: bool, likewise.
         """
+        if kv_layout not in ("bshk", "bhsk"):
+            raise ValueError(f"kv_layout {kv_layout!r}: use 'bshk' or 'bhsk'")
         groups = self.num_heads // self.num_kv_heads
         if groups > 1:
-            k_bshk = jnp.repeat(k_bshk, groups, axis=2)
-            v_bshk = jnp.repeat(v_bshk, groups, axis=2)
-        scores = jnp.einsum("bthk,bshk->bhts", q_bthk, k_bshk, preferred_element_type=jnp.float32)
+            k = jnp.repeat(k, groups, axis=kv_layout.index("h"))
+            v = jnp.repeat(v, groups, axis=kv_layout.index("h"))
+        scores = jnp.einsum(
+            f"bthk,{kv_layout}->bhts", q_bthk, k, preferred_element_type=jnp.float32
+        )
         scores = scores * self.logit_scale
         if bias is not None:
             scores = scores + bias
         if mask is not None:
             scores = jnp.where(mask, scores, NEG_INF)
         weights = dropout(jax.nn.softmax(scores, axis=-1), self.dropout_rate, rngs)
-        context = jnp.einsum("bhts,bshk->bthk", weights.astype(self.dtype), v_bshk)
+        context = jnp.einsum(f"bhts,{kv_layout}->bthk", weights.astype(self.dtype), v)
         y = jnp.einsum("bthk,hkd->btd", context, self.out[...].astype(self.dtype))
         return y if self.out_bias is None else y + self.out_bias[...].astype(self.dtype)
 

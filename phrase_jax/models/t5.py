@@ -108,9 +108,11 @@ class DecoderLayer(nnx.Module):
         self.feed_forward_norm = _norm(c, rngs=rngs)
         self.feed_forward = _feed_forward(c, rngs=rngs)
 
-    def _cross_and_feed_forward(self, x_btd, cross_k, cross_v, cross_mask, rngs):
+    def _cross_and_feed_forward(self, x_btd, cross_k, cross_v, cross_mask, rngs, kv_layout="bshk"):
         q = self.cross_attention.project_query(self.cross_attention_norm(x_btd))
-        h = self.cross_attention.attend(q, cross_k, cross_v, mask=cross_mask, rngs=rngs)
+        h = self.cross_attention.attend(
+            q, cross_k, cross_v, mask=cross_mask, rngs=rngs, kv_layout=kv_layout
+        )
         x_btd = x_btd + layers.dropout(h, self.dropout_rate, rngs)
         h = self.feed_forward(self.feed_forward_norm(x_btd), rngs=rngs)
         return x_btd + layers.dropout(h, self.dropout_rate, rngs)
@@ -124,16 +126,22 @@ class DecoderLayer(nnx.Module):
         return self._cross_and_feed_forward(x_btd, cross_k, cross_v, cross_mask, rngs)
 
     def step(self, x_b1d, position, layer_cache, bias_row, mask_row, cross_mask):
-        """One cached position: x [B, 1, D] → (x [B, 1, D], updated (self_k, self_v))."""
+        """One cached position: x [B, 1, D] → (x [B, 1, D], updated self_k, self_v).
+
+        Every cached K/V is heads-first, [B, H, S, Dh] (see `MultiHeadAttention.attend`).
+        """
         normed = self.self_attention_norm(x_b1d)
         q = self.self_attention.project_query(normed)
         k_new, v_new = self.self_attention.project_key_value(normed)
-        self_k = jax.lax.dynamic_update_slice_in_dim(layer_cache["self_k"], k_new, position, 1)
-        self_v = jax.lax.dynamic_update_slice_in_dim(layer_cache["self_v"], v_new, position, 1)
-        h = self.self_attention.attend(q, self_k, self_v, bias=bias_row, mask=mask_row)
+        k_new, v_new = jnp.swapaxes(k_new, 1, 2), jnp.swapaxes(v_new, 1, 2)  # [B, H, 1, Dh]
+        self_k = jax.lax.dynamic_update_slice_in_dim(layer_cache["self_k"], k_new, position, 2)
+        self_v = jax.lax.dynamic_update_slice_in_dim(layer_cache["self_v"], v_new, position, 2)
+        h = self.self_attention.attend(
+            q, self_k, self_v, bias=bias_row, mask=mask_row, kv_layout="bhsk"
+        )
         x_b1d = x_b1d + h
         x_b1d = self._cross_and_feed_forward(
-            x_b1d, layer_cache["cross_k"], layer_cache["cross_v"], cross_mask, None
+            x_b1d, layer_cache["cross_k"], layer_cache["cross_v"], cross_mask, None, "bhsk"
         )
         return x_b1d, self_k, self_v
 
@@ -158,14 +166,16 @@ class Decoder(nnx.Module):
         return layers.dropout(self.final_norm(y_btd), self.dropout_rate, rngs)
 
     def init_cache(self, memory_bsd, memory_mask_bs, max_len: int) -> dict:
-        """Key/value cache for `step`: per layer self K/V zeros [B, max_len, H, Dh] and the
-        cross-attention K/V of the memory (computed once), plus the causal bias table."""
+        """Key/value cache for `step`: per layer self K/V zeros [B, H, max_len, Dh] and the
+        cross-attention K/V [B, H, S, Dh] of the memory (computed once), plus the causal bias
+        table. Heads first: the per-step attention dots then need no transposes."""
         batch = memory_bsd.shape[0]
         first = self.layers[0].self_attention
-        zeros = jnp.zeros((batch, max_len, first.num_kv_heads, first.head_dim), first.dtype)
+        zeros = jnp.zeros((batch, first.num_kv_heads, max_len, first.head_dim), first.dtype)
         per_layer = []
         for layer in self.layers:
             cross_k, cross_v = layer.cross_attention.project_key_value(memory_bsd)
+            cross_k, cross_v = jnp.swapaxes(cross_k, 1, 2), jnp.swapaxes(cross_v, 1, 2)
             per_layer.append(
                 {"self_k": zeros, "self_v": zeros, "cross_k": cross_k, "cross_v": cross_v}
             )

@@ -1,0 +1,105 @@
+"""Timing and memory helpers shared by the benchmarks.
+
+    timing = time_calls(lambda: step(), runs=3, warmup=1)   # Timing(compile_s, times_s)
+    timing.median_s, peak_rss_mib(), device_peak_mib(), load_average()
+    write_json_lines(path, records)
+
+Every timed callable must block until its result exists (`jax.block_until_ready`, `.item()`),
+otherwise JAX's asynchronous dispatch makes the clock stop early.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """first_s: the first call (compilation + one run for jitted code); times_s: the timed runs."""
+
+    first_s: float
+    times_s: tuple[float, ...]
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times_s)
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median of the timed runs: how noisy the machine was."""
+        return (max(self.times_s) - min(self.times_s)) / self.median_s
+
+
+def time_calls(fn: Callable[[], Any], *, runs: int = 3, warmup: int = 1) -> Timing:
+    """Calls `fn` warmup + runs times; the first call's time is kept apart as compile time.
+
+    Extra warm-up calls beyond the first are untimed. `fn` must block until its work is done.
+    """
+    if runs < 1 or warmup < 1:
+        raise ValueError(f"time_calls needs runs >= 1 and warmup >= 1, got {runs}, {warmup}")
+    start = time.perf_counter()
+    fn()
+    first = time.perf_counter() - start
+    for _ in range(warmup - 1):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return Timing(first_s=first, times_s=tuple(times))
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, MiB (ru_maxrss is KiB on Linux)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
+
+
+def current_rss_mib() -> float:
+    """Resident set size now, MiB (from /proc; 0.0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except OSError:
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / (1024.0 * 1024.0)
+
+
+def device_peak_mib(device=None) -> float | None:
+    """Peak bytes in use on a JAX device (MiB), or None where the backend keeps no statistics
+    (the CPU backend returns none)."""
+    import jax
+
+    device = device or jax.devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if not stats or "peak_bytes_in_use" not in stats:
+        return None
+    return stats["peak_bytes_in_use"] / (1024.0 * 1024.0)
+
+
+def load_average() -> tuple[float, float, float]:
+    """(1, 5, 15)-minute load averages: timings on a shared machine mean little without them."""
+    return os.getloadavg()
+
+
+def speedup(reference_s: float | None, ours_s: float) -> float | None:
+    """reference time / our time (> 1 means we are faster); None without a reference."""
+    return None if reference_s is None else reference_s / ours_s
+
+
+def write_json_lines(path: str, records: Iterable[Mapping[str, Any]]) -> None:
+    """Appends one JSON object per record to `path` (JSON lines), creating its folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with open(path, "a") as f:
+        for record in records:
+            f.write(json.dumps(dict(record), sort_keys=True) + "\n")
