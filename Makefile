@@ -131,3 +131,18 @@ EVAL_CONFIG_ARGS = $(subst $(_space),$(,),$(strip $(VARIANT) \
 eval: $(VENV)/.installed
 	$(PY) -m phrase_jax.main --workdir $(RUNS_DIR)/eval$(subst $(,),_,$(VAE_SUFFIX)) \
 		--config experiments/evaluate.py:$(EVAL_CONFIG_ARGS)
+
+# The whole job end to end on this machine (phrase_jax/demo.py, sizes in experiments/demo.py):
+# prepare data, train the three VAE stages, extract latents, train a length-conditioned LDM,
+# generate songs and evaluate them, all into $(DEMO_OUT); re-running skips finished phases and
+# resumes an interrupted one. Data: the Bach chorales inside music21, or POP909 with
+# DEMO_DATASET=pop909 (from $(POP909_DIR)) or when POP909_DIR is set in the environment.
+# DEMO_ARGS adds settings, e.g. DEMO_ARGS=runlocal or DEMO_ARGS=ldm.total_steps=2000.
+.PHONY: demo
+DEMO_OUT ?= outputs/demo
+DEMO_DATASET ?=
+DEMO_ARGS ?=
+
+demo: $(VENV)/.installed
+	$(PY) -m phrase_jax.demo --out $(DEMO_OUT) $(if $(DEMO_DATASET),--dataset $(DEMO_DATASET) \
+		--pop909_dir $(POP909_DIR)) $(if $(DEMO_ARGS),--settings $(DEMO_ARGS))
