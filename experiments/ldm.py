@@ -22,6 +22,8 @@ import os
 
 import ml_collections
 
+from experiments import training_defaults
+
 CONDITION_VARIANTS = {"uncond": (), "lencond": ("length",), "seccond": ("sections",)}
 SCALE_VARIANTS = ("runlocal", "cpu")
 VARIANTS = (*CONDITION_VARIANTS, "bars", *SCALE_VARIANTS)
@@ -80,28 +82,10 @@ def get_config(arg=None):
     )
     config.diffusion = ml_collections.ConfigDict(dict(num_steps=1000, prediction="epsilon"))
 
-    config.total_steps = 200_000
-    config.batch_size = 128  # global
-    config.log_every_steps = 100
-    config.compute_dtype = "float32"
-    config.ema_decay = 0.9999
-    config.optim = ml_collections.ConfigDict(
-        dict(
-            name="adamw",
-            learning_rate=5e-4,
-            schedule="constant",
-            warmup_steps=0,
-            end_learning_rate=0.0,
-            b1=0.9,
-            b2=0.999,
-            eps=1e-8,
-            weight_decay=0.01,
-            grad_clip_norm=0.5,
-        )
-    )
-    config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1)))
-    config.sharding = ml_collections.ConfigDict(dict(preset="data_parallel", rules=()))
-    config.checkpoint = ml_collections.ConfigDict(dict(every_steps=5000, max_to_keep=3))
+    training_defaults.add_training_defaults(
+        config, total_steps=200_000, optimizer="adamw", learning_rate=5e-4, weight_decay=0.01,
+        grad_clip_norm=0.5, ema_decay=0.9999, checkpoint_every=5000,
+    )  # fmt: skip
     # Valid loss on fixed batches (songs, t, noise) of a seeded endless shuffle.
     config.eval = ml_collections.ConfigDict(
         dict(every_steps=5000, split="valid", batch_size=32, batches=8)

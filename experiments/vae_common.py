@@ -18,6 +18,8 @@ import os
 
 import ml_collections
 
+from experiments import training_defaults
+
 VARIANTS = ("runlocal", "cpu")
 # Stage name -> (model mode, workdir name of the stage it starts from).
 STAGE_ORDER = {"vae_pretrain": "", "vae_ae": "vae_pretrain", "vae": "vae_ae"}
@@ -84,28 +86,9 @@ def base_config(stage: str, model_mode: str, arg: str | None) -> ml_collections.
         )
     )
 
-    config.total_steps = 100_000
-    config.batch_size = 128  # global
-    config.log_every_steps = 100
-    config.compute_dtype = "float32"
-    config.ema_decay = 0.0
-    config.optim = ml_collections.ConfigDict(
-        dict(
-            name="adam",
-            learning_rate=1e-4,
-            schedule="constant",
-            warmup_steps=0,
-            end_learning_rate=0.0,
-            b1=0.9,
-            b2=0.999,
-            eps=1e-8,
-            weight_decay=0.0,
-            grad_clip_norm=0.0,
-        )
+    training_defaults.add_training_defaults(
+        config, total_steps=100_000, optimizer="adam", learning_rate=1e-4, checkpoint_every=2500
     )
-    config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1)))
-    config.sharding = ml_collections.ConfigDict(dict(preset="data_parallel", rules=()))
-    config.checkpoint = ml_collections.ConfigDict(dict(every_steps=2500, max_to_keep=3))
 
     config.eval = ml_collections.ConfigDict(
         dict(
