@@ -14,12 +14,17 @@ space (x0 clipped at the manifest's clip) → × scale → each song's end (the 
 the model was told an exact one, else the first slot whose nearest special latent is `[SEP]`)
 → ONE greedy VAE decode of the slots before the ends of all songs of the batch (never the
 padding) → assembly by slot position (`layout.assemble_song`), counting decoded `b-1`/`[INST]`
-slots that disagree with their position.
+slots that disagree with their position. `decode_slots="tracks"` decodes only the track slots
+that are not `[INST]` padding (the `b-1` slot of each bar is known by position; a slot within
+half the distance from the `[INST]` latent to the other special latents is padding): the song is
+the same whenever those slots would have decoded to `b-1`/`[INST]`, the decoder gets about half
+the rows on POP909, and the disagreement counts then cover only the decoded rows.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -35,6 +40,7 @@ from phrase_jax.diffusion import samplers
 from phrase_jax.models import decoding
 from phrase_jax.music import layout
 from phrase_jax.music.events import Song
+from phrase_jax.music.vocab import BAR_END, EOS, INST, PAD
 from phrase_jax.stages import ldm_loading, sampling_output, vae_loading
 from phrase_jax.stages.ldm_loading import LoadedLDM
 from phrase_jax.training import sharding
@@ -45,6 +51,7 @@ END_RULES = ("auto", "detect", "condition")
 MIN_DECODE_CHUNK = 64  # smallest decoder batch: few distinct shapes, so few compilations
 DEFAULT_BARS = 64  # SPEC 7 length accuracy conditions on 64 bars
 SPECIAL_NAMES = ("inst", "bar", "sep")  # order of the nearest-special-latent test
+DECODE_SLOTS = ("all", "tracks")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +59,8 @@ class SampleSettings:
     """What to generate. `bars` 0: the section string's total, else DEFAULT_BARS (only models
     conditioned on length, bars or sections use it). `sections` like "i4A8B8o4". `clip` None:
     the manifest's clip (scaled space); 0: none. `end`: auto | detect | condition (see module
-    docstring). `batch_size` songs per sampler call; `decode_chunk` phrases per decoder call."""
+    docstring). `batch_size` songs per sampler call; `decode_chunk` phrases per decoder call;
+    `decode_slots`: all | tracks (see module docstring)."""
 
     num_songs: int = 4
     bars: int = 0
@@ -65,6 +73,7 @@ class SampleSettings:
     end: str = "auto"
     batch_size: int = 16
     decode_chunk: int = 1024
+    decode_slots: str = "all"
 
 
 @dataclasses.dataclass
@@ -148,19 +157,68 @@ def song_end_slots(latents_bnd: np.ndarray, special_latents: dict) -> np.ndarray
     return np.where(is_sep.any(axis=1), is_sep.argmax(axis=1), latents_bnd.shape[1])
 
 
+def slots_to_decode(
+    latents_bnd: np.ndarray, ends_b: np.ndarray, special_latents: dict, slots_per_bar: int
+) -> np.ndarray:
+    """bool [B, N]: the track slots before each song's end that are not `[INST]` padding.
+
+    The last slot of each bar is `b-1` by position. A track slot is padding when it lies within
+    half the distance from the `[INST]` latent to the nearest other special latent (real POP909
+    phrases lie further away than the specials are from each other). latents_bnd unscaled."""
+    inst = np.asarray(special_latents["inst"], np.float32)
+    others = [np.asarray(special_latents[k], np.float32) for k in SPECIAL_NAMES if k != "inst"]
+    radius = 0.5 * min(float(np.linalg.norm(inst - other)) for other in others)
+    is_inst = np.linalg.norm(latents_bnd - inst, axis=-1) < radius
+    position = np.arange(latents_bnd.shape[1])
+    in_song = position[None, :] < np.asarray(ends_b)[:, None]
+    track_position = (position % slots_per_bar) != slots_per_bar - 1
+    return in_song & track_position[None, :] & ~is_inst
+
+
+def decode_chunk_size(rows: int) -> int:
+    """The smallest 2^k or 1.5 * 2^k (k >= 1) that holds `rows` (>= 1) rows."""
+    power = 1 << max(rows - 1, 1).bit_length()
+    return power * 3 // 4 if rows <= power * 3 // 4 else power
+
+
 def decode_song_slots(
-    vae_model, latents_bnd: np.ndarray, ends_b: np.ndarray, *, max_len: int, decode_chunk: int
+    vae_model,
+    latents_bnd: np.ndarray,
+    ends_b: np.ndarray,
+    *,
+    max_len: int,
+    decode_chunk: int,
+    decode_mask_bn: np.ndarray | None = None,
+    slots_per_bar: int = 4,
 ) -> list[np.ndarray]:
     """Greedy ids per song, int32 [ends_b[i], max_len]: one decode of the slots before every
-    song's end. Rows are padded only up to a power-of-two chunk of at least MIN_DECODE_CHUNK,
-    capped at `decode_chunk`, so few shapes compile."""
-    rows = np.concatenate([song[:end] for song, end in zip(latents_bnd, ends_b, strict=True)])
+    song's end. Rows are padded only up to a chunk of 2^k or 1.5 * 2^k rows, at least
+    MIN_DECODE_CHUNK, capped at `decode_chunk`: few shapes compile and under a third of the
+    decoded rows are padding (a 128-bar song's 384 track slots decode as 384 rows, not 512).
+    With `decode_mask_bn` (`slots_to_decode`) only those slots go to the decoder; the others
+    get their phrase by position: `b-1` in each bar's last slot, `[INST]` in track slots."""
+    if decode_mask_bn is None:
+        decode_mask_bn = np.arange(latents_bnd.shape[1])[None, :] < np.asarray(ends_b)[:, None]
+    rows = latents_bnd[decode_mask_bn]
     if len(rows):
-        chunk = min(decode_chunk, max(MIN_DECODE_CHUNK, 1 << (len(rows) - 1).bit_length()))
+        chunk = min(decode_chunk, max(MIN_DECODE_CHUNK, decode_chunk_size(len(rows))))
         ids = decoding.decode_latents(vae_model, rows, max_len=max_len, chunk_size=chunk)
     else:
         ids = np.zeros((0, max_len), np.int32)
-    return np.split(ids, np.cumsum(ends_b)[:-1])
+    full = np.full(latents_bnd.shape[:2] + (max_len,), PAD, np.int32)
+    is_bar = (np.arange(latents_bnd.shape[1]) % slots_per_bar) == slots_per_bar - 1
+    full[:, :, :2] = [INST, EOS]
+    full[:, is_bar, 0] = BAR_END
+    full[decode_mask_bn] = ids
+    return [song[:end] for song, end in zip(full, ends_b, strict=True)]
+
+
+@functools.partial(jax.jit, static_argnames=("n_slots", "latent_dim"))
+def song_noise(key: jax.Array, indices_b, n_slots: int, latent_dim: int) -> jax.Array:
+    """float32 [B, n_slots, latent_dim]: song i's noise from `fold_in(key, i)` alone. Compiled
+    once per shape at module level (a jit made inside `generate` recompiled at every call)."""
+    draw = lambda i: jax.random.normal(jax.random.fold_in(key, i), (n_slots, latent_dim))
+    return jax.vmap(draw)(indices_b)
 
 
 def _place(array: np.ndarray, mesh) -> jax.Array:
@@ -196,6 +254,8 @@ def generate(
         raise ValueError("config num_songs, batch_size and decode_chunk must be >= 1")
     if settings.end not in END_RULES:
         raise ValueError(f"config end={settings.end!r}: one of {END_RULES}")
+    if settings.decode_slots not in DECODE_SLOTS:
+        raise ValueError(f"config decode_slots={settings.decode_slots!r}: one of {DECODE_SLOTS}")
     bars, sections = resolve_length(settings, n_slots // slots_per_bar)
     conds = condition_arrays(ldm, bars, sections)
     # A 10-bar length bucket does not fix the length; exact bars or a section string do.
@@ -214,13 +274,6 @@ def generate(
     batch = min(settings.batch_size, settings.num_songs)
 
     noise_key, sampler_key = jax.random.split(jax.random.key(settings.seed))
-    noise_of = jax.jit(
-        jax.vmap(
-            lambda i: jax.random.normal(
-                jax.random.fold_in(noise_key, i), (n_slots, latent_dim), jnp.float32
-            )
-        )
-    )
     batch_conds = {k: _place(np.repeat(v, batch, axis=0), mesh) for k, v in conds.items()}
     songs: list[GeneratedSong] = []
     timings = {
@@ -229,11 +282,14 @@ def generate(
         "decode_s": 0.0,
         "assembly_s": 0.0,
     }
+    decoder_rows = 0
     started = time.monotonic()
     for batch_index, first in enumerate(range(0, settings.num_songs, batch)):
         count = min(batch, settings.num_songs - first)
         # The last batch is filled with extra songs and cut, so one compiled sampler serves all.
-        noise = np.asarray(noise_of(np.arange(first, first + batch)))
+        noise = np.asarray(
+            song_noise(noise_key, np.arange(first, first + batch), n_slots, latent_dim)
+        )
         tick = time.monotonic()
         x0 = samplers.sample(
             ldm.model,
@@ -256,9 +312,19 @@ def generate(
         detected = song_end_slots(latents, manifest["special_latents"])
         ends = detected if end_rule == "detect" else np.full(count, bars * slots_per_bar)
         tick = time.monotonic()
+        mask = None
+        if settings.decode_slots == "tracks":
+            mask = slots_to_decode(latents, ends, manifest["special_latents"], slots_per_bar)
         decoded = decode_song_slots(
-            vae.model, latents, ends, max_len=max_len, decode_chunk=settings.decode_chunk
+            vae.model,
+            latents,
+            ends,
+            max_len=max_len,
+            decode_chunk=settings.decode_chunk,
+            decode_mask_bn=mask,
+            slots_per_bar=slots_per_bar,
         )
+        decoder_rows += int(ends.sum()) if mask is None else int(mask.sum())
         timings["decode_s"] += time.monotonic() - tick
 
         tick = time.monotonic()
@@ -293,6 +359,7 @@ def generate(
         "songs": len(songs),
         "bars": sum(s["bars"] for s in summaries),
         "decoded_phrases": decoded_slots,
+        "decoder_rows": decoder_rows,
         "position_disagreements": disagreements,
         "disagreement_rate": disagreements / max(decoded_slots, 1),
     }
@@ -325,6 +392,7 @@ def settings_from_config(config) -> SampleSettings:
         end=config.end,
         batch_size=config.batch_size,
         decode_chunk=config.decode_chunk,
+        decode_slots=config.get("decode_slots", "all"),
     )
 
 
