@@ -1,8 +1,9 @@
 """`make demo`: the whole job end to end into ONE output folder, resumable phase by phase.
 
-    python -m phrase_jax.demo --out outputs/demo
-    python -m phrase_jax.demo --out outputs/demo --dataset pop909 --pop909_dir ../shared/data/pop909
-    python -m phrase_jax.demo --out /tmp/demo --settings runlocal,songs=12
+    python -m phrase_jax.stages.demo --out outputs/demo
+    python -m phrase_jax.stages.demo --out outputs/demo --dataset pop909 \
+        --pop909_dir ../shared/data/pop909
+    python -m phrase_jax.stages.demo --out /tmp/demo --settings runlocal,songs=12
 
 Eight phases, each a banner `[demo k/8] ...` followed by the stage's own progress lines:
 prepare the data → the three PhraseVAE stages (span infill, 4-query autoencoder, VAE) →
@@ -44,7 +45,7 @@ from data_pipelines import datasets, prepare, sources
 from phrase_jax import config_lib
 from phrase_jax import main as stage_main
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 EXPERIMENTS = REPO / "experiments"
 DEMO_EXPERIMENT = EXPERIMENTS / "demo.py"
 DEMO_JSON = "demo.json"
