@@ -23,27 +23,20 @@ the latents manifest names). `compare.*` adds a comparison row: another LDM run
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
 
-CONDITIONS = ("uncond", "lencond", "seccond")
-SCALES = ("runlocal", "cpu")
-VARIANTS = (*CONDITIONS, "bars", *SCALES)
+from experiments import sample
+
+VARIANTS = sample.VARIANTS  # the same words name the same LDM run
 
 
 def get_config(arg=None):
-    variants = tuple(v for v in (arg or "").split(",") if v)
-    condition = [v for v in variants if v in CONDITIONS]
-    scale = [v for v in variants if v in SCALES]
-    if len(condition) > 1 or len(scale) > 1:
-        raise ValueError(f"pick at most one of {CONDITIONS} and of {SCALES}")
-    run_parts = [*(condition or ["uncond"]), *(["bars"] if "bars" in variants else []), *scale]
+    variants, ldm_workdir = sample.parse_variants(arg)
 
     config = ml_collections.ConfigDict()
     config.stage = "evaluate"
     config.seed = 0  # sampling noise and the choice of reference songs
-    config.ldm_workdir = os.path.join("runs", "_".join(["ldm", *run_parts]))
+    config.ldm_workdir = ldm_workdir
     config.ldm_step = 0  # 0 = the latest checkpoint
     config.use_ema = True
     config.latents_dir = ""  # "" = the LDM run's latents.dir
@@ -75,13 +68,13 @@ def get_config(arg=None):
     config.plot_songs = 3
     config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1)))
 
-    if "cpu" in scale:
+    if "cpu" in variants:
         config.num_songs = 20
         config.sampler = "dpm_solver_pp"
         config.steps = 50
         config.batch_size = 10
         config.decode_chunk = 512
-    elif "runlocal" in scale:
+    elif "runlocal" in variants:
         config.num_songs = 2
         config.bars = 4
         config.sampler = "ddim"

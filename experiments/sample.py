@@ -28,18 +28,25 @@ SCALES = ("runlocal", "cpu")
 VARIANTS = (*CONDITIONS, "bars", *SCALES)
 
 
-def get_config(arg=None):
+def parse_variants(arg: str | None) -> tuple[tuple[str, ...], str]:
+    """`arg` -> (its variant words, the LDM workdir they name, as `make train-ldm` writes it:
+    runs/ldm_<condition>[_bars][_<scale>])."""
     variants = tuple(v for v in (arg or "").split(",") if v)
     condition = [v for v in variants if v in CONDITIONS]
     scale = [v for v in variants if v in SCALES]
     if len(condition) > 1 or len(scale) > 1:
         raise ValueError(f"pick at most one of {CONDITIONS} and of {SCALES}")
     run_parts = [*(condition or ["uncond"]), *(["bars"] if "bars" in variants else []), *scale]
+    return variants, os.path.join("runs", "_".join(["ldm", *run_parts]))
+
+
+def get_config(arg=None):
+    variants, ldm_workdir = parse_variants(arg)
 
     config = ml_collections.ConfigDict()
     config.stage = "sample"
     config.seed = 0
-    config.ldm_workdir = os.path.join("runs", "_".join(["ldm", *run_parts]))
+    config.ldm_workdir = ldm_workdir
     config.ldm_step = 0  # 0 = the latest checkpoint
     config.use_ema = True  # the EMA weights when the run kept them
     config.latents_dir = ""  # "" = the LDM run's latents.dir
@@ -59,13 +66,13 @@ def get_config(arg=None):
     config.wav = False  # FluidSynth when pyfluidsynth is installed, else sine tones
     config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1)))
 
-    if "cpu" in scale:
+    if "cpu" in variants:
         config.num_songs = 4
         config.sampler = "dpm_solver_pp"
         config.steps = 50
         config.batch_size = 4
         config.decode_chunk = 512
-    elif "runlocal" in scale:
+    elif "runlocal" in variants:
         config.num_songs = 2
         config.bars = 4
         config.sampler = "ddim"
