@@ -209,10 +209,10 @@ def test_train_metrics_average_and_stop_at_the_first_non_finite_step():
     def step_metrics(loss, n_tokens=10.0, lr=1e-3):
         return {"loss": np.float32(loss), "n_tokens": np.float32(n_tokens), "learning_rate": lr}
 
-    means = train_vae._mean_train_metrics(
-        [(1, step_metrics(2.0)), (2, step_metrics(4.0, lr=5e-4))], None
+    means = metrics.mean_train_metrics(
+        [(1, step_metrics(2.0)), (2, step_metrics(4.0, lr=5e-4))], None, summed=("n_tokens",)
     )
     assert means == {"loss": 3.0, "n_tokens": 20.0, "learning_rate": 5e-4}
     pending = [(3, step_metrics(1.0)), (4, step_metrics(np.inf)), (5, step_metrics(np.nan))]
     with pytest.raises(FloatingPointError, match="loss at step 4 .last good checkpoint: step 2"):
-        train_vae._mean_train_metrics(pending, 2)
+        metrics.mean_train_metrics(pending, 2, summed=("n_tokens",))

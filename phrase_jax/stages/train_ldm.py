@@ -22,7 +22,6 @@ import os
 import time
 
 import jax
-import numpy as np
 from absl import logging
 from flax import nnx
 
@@ -159,16 +158,6 @@ def evaluate(config, spec, state, eval_steps: dict, vocab) -> dict[str, float]:
     return {key: value / config.eval.batches for key, value in sums.items()}
 
 
-def _mean_train_metrics(pending: list[tuple[int, dict]], last_checkpoint) -> dict[str, float]:
-    """Host means of the steps since the last log; raises on NaN/inf naming the step."""
-    host = jax.device_get(pending)
-    for step, values in host:
-        metrics.check_finite(step, values, last_checkpoint)
-    means = {k: float(np.mean([v[k] for _, v in host])) for k in host[0][1]}
-    means["learning_rate"] = float(host[-1][1]["learning_rate"])
-    return means
-
-
 def _check_resumable(restored_json: dict, config, provenance: dict, workdir: str) -> None:
     saved_model = restored_json.get("config", {}).get("model")
     if saved_model is not None and config_lists(saved_model) != config_lists(config.model):
@@ -257,7 +246,7 @@ def run(config, workdir: str) -> dict[str, float] | None:
         is_eval = step % config.eval.every_steps == 0 or done
 
         if is_log or is_checkpoint:  # never save a state that went non-finite
-            means = _mean_train_metrics(pending, last_checkpoint)
+            means = metrics.mean_train_metrics(pending, last_checkpoint)
             pending = []
         if is_log:
             means["steps_per_s"] = (step - last_log[0]) / max(time.monotonic() - last_log[1], 1e-9)

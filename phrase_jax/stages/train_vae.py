@@ -22,7 +22,6 @@ import os
 import time
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
@@ -166,18 +165,6 @@ class BestCheckpoint:
         return True
 
 
-def _mean_train_metrics(pending: list[tuple[int, dict]], last_checkpoint) -> dict[str, float]:
-    """Host means of the steps since the last log (n_tokens summed); raises on NaN/inf."""
-    host = jax.device_get(pending)
-    for step, values in host:
-        metrics.check_finite(step, values, last_checkpoint)
-    keys = host[0][1].keys()
-    means = {k: float(np.mean([values[k] for _, values in host])) for k in keys}
-    means["n_tokens"] = float(sum(values["n_tokens"] for _, values in host))
-    means["learning_rate"] = float(host[-1][1]["learning_rate"])
-    return means
-
-
 def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
     """mode=eval: valid metrics of the latest (or `eval.checkpoint=best`) checkpoint, written to
     `workdir/eval_metrics.json`."""
@@ -272,7 +259,7 @@ def run(config, workdir: str) -> dict[str, float] | None:
         is_eval = step % config.eval.every_steps == 0 or done
 
         if is_log or is_checkpoint:  # never save a state that went non-finite
-            means = _mean_train_metrics(pending, last_checkpoint)
+            means = metrics.mean_train_metrics(pending, last_checkpoint, summed=("n_tokens",))
             pending = []
         if is_log:
             elapsed = max(time.monotonic() - last_log[1], 1e-9)

@@ -33,6 +33,25 @@ def check_finite(step: int, metrics: Mapping[str, float], last_checkpoint: int |
         )
 
 
+def mean_train_metrics(
+    pending: list[tuple[int, Mapping]], last_checkpoint: int | None, summed: tuple[str, ...] = ()
+) -> dict[str, float]:
+    """Host means of the train metrics of the steps since the last log, one device transfer.
+
+    Raises `FloatingPointError` naming the first non-finite step (see `check_finite`), so a
+    caller that checks before saving never checkpoints a broken state. Keys in `summed` (e.g.
+    `n_tokens`) are totals; `learning_rate` is the last step's.
+    """
+    host = jax.device_get(pending)
+    for step, values in host:
+        check_finite(step, values, last_checkpoint)
+    means = {k: float(np.mean([values[k] for _, values in host])) for k in host[0][1]}
+    for key in summed:
+        means[key] = float(sum(values[key] for _, values in host))
+    means["learning_rate"] = float(host[-1][1]["learning_rate"])
+    return means
+
+
 class MetricWriter:
     """Writes scalars to `<workdir>/metrics.jsonl` (+ TensorBoard if installed), process 0 only."""
 
