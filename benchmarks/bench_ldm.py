@@ -45,7 +45,14 @@ from benchmarks import common
 from benchmarks.bench_vae import Report, single_device_mesh
 from phrase_jax.diffusion import schedules
 from phrase_jax.models import conditions, dit, vae
-from phrase_jax.stages import ldm_loading, sample, sampling_output, train_ldm, vae_loading
+from phrase_jax.stages import (
+    ldm_loading,
+    sample,
+    sampling_output,
+    slot_decoding,
+    train_ldm,
+    vae_loading,
+)
 from phrase_jax.training import optim, sharding, train_state
 
 # The PyTorch figures on this CPU (seconds); song rows are per 128-bar song.
@@ -160,7 +167,7 @@ def untrained_pipeline(
         "slots_per_bar": 4,
         "scale": 1.0,
         "clip": 4.0,
-        "special_latents": dict(zip(sample.SPECIAL_NAMES, far.tolist(), strict=True)),
+        "special_latents": dict(zip(slot_decoding.SPECIAL_NAMES, far.tolist(), strict=True)),
     }
     return ldm_loading.SamplingPipeline(ldm, loaded_vae, manifest)
 

@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks import bench_ldm
 from phrase_jax.models import dit, vae
-from phrase_jax.stages import sample
+from phrase_jax.stages import slot_decoding
 
 TINY_LDM = dit.PhraseLDMConfig(
     n_slots=16, latent_dim=8, width=16, num_layers=1, num_heads=2, head_dim=8, num_kv_heads=1,
@@ -69,5 +69,5 @@ def test_track_slots_skip_bar_ends_and_inst_padding():
     latents = np.full((1, 8, 2), 5.0, np.float32)  # real phrases, far from every special
     latents[0, 1] = [0.9, 0.1]  # [INST] padding in a track slot
     latents[0, 2] = [0.3, -0.2]  # nearest to [INST] but outside its radius: decoded
-    mask = sample.slots_to_decode(latents, np.array([7]), special, slots_per_bar=4)
+    mask = slot_decoding.slots_to_decode(latents, np.array([7]), special, slots_per_bar=4)
     assert mask.tolist() == [[True, False, True, False, True, True, True, False]]

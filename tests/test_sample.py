@@ -13,7 +13,7 @@ from stage_fixtures import LDM_RUNS, LDM_STEP, VAE_STEP, build_tiny_runs, load_c
 from phrase_jax import config_lib, main
 from phrase_jax.models import decoding
 from phrase_jax.music import vocab
-from phrase_jax.stages import ldm_loading, sample
+from phrase_jax.stages import ldm_loading, sample, slot_decoding
 from phrase_jax.training import sharding
 
 STEPS = 2  # sampler steps everywhere: compiled samplers are reused across tests
@@ -52,7 +52,7 @@ def test_song_end_is_the_first_slot_nearest_to_the_sep_latent():
     songs[1, 2] = [-2.0, -0.5]  # nearest to [SEP] although far from it: the end
     songs[1, 3] = [-0.9, -1.0]
     songs[2, :, :] = [3.0, 3.0]  # far from everything, nearest to b-1/[INST]: no end
-    assert sample.song_end_slots(songs, special).tolist() == [4, 2, 6]
+    assert slot_decoding.song_end_slots(songs, special).tolist() == [4, 2, 6]
 
 
 def test_sections_and_bars_resolve_to_one_length():
@@ -119,7 +119,7 @@ def test_only_slots_inside_songs_are_decoded(pipelines, decode_counter):
         decode_counter.clear()
         songs, stats = sample.generate(*pipelines[name], settings)
         special = pipelines[name].manifest["special_latents"]
-        ends = sample.song_end_slots(np.stack([s.latents_nd for s in songs]), special)
+        ends = slot_decoding.song_end_slots(np.stack([s.latents_nd for s in songs]), special)
         assert stats["settings"]["end"] == "detect" and [s.end_slot for s in songs] == ends.tolist()
         assert decode_counter == ([int(ends.sum())] if ends.sum() else [])
         requested = [s["requested_bars"] for s in stats["songs"]]

@@ -37,20 +37,16 @@ from absl import logging
 
 from data_pipelines import datasets
 from phrase_jax.diffusion import samplers
-from phrase_jax.models import decoding
 from phrase_jax.music import layout
 from phrase_jax.music.events import Song
-from phrase_jax.music.vocab import BAR_END, EOS, INST, PAD
-from phrase_jax.stages import ldm_loading, sampling_output, vae_loading
+from phrase_jax.stages import ldm_loading, sampling_output, slot_decoding, vae_loading
 from phrase_jax.stages.ldm_loading import LoadedLDM
 from phrase_jax.training import sharding
 
 SAMPLES_JSON = "samples.json"
 SAMPLER_ALIASES = {"dpmpp": "dpm_solver_pp"}
 END_RULES = ("auto", "detect", "condition")
-MIN_DECODE_CHUNK = 64  # smallest decoder batch: few distinct shapes, so few compilations
 DEFAULT_BARS = 64  # SPEC 7 length accuracy conditions on 64 bars
-SPECIAL_NAMES = ("inst", "bar", "sep")  # order of the nearest-special-latent test
 DECODE_SLOTS = ("all", "tracks")
 
 
@@ -146,71 +142,6 @@ def condition_arrays(ldm: LoadedLDM, bars: int, sections: list) -> dict[str, np.
             section_types=types[None], section_lengths=lengths[None], section_mask=mask[None]
         )
     return arrays
-
-
-def song_end_slots(latents_bnd: np.ndarray, special_latents: dict) -> np.ndarray:
-    """int [B]: each song's first slot whose nearest special latent ([INST], b-1, [SEP]) is the
-    `[SEP]` latent, N when there is none. latents_bnd unscaled [B, N, D]."""
-    centres = np.stack([np.asarray(special_latents[k], np.float32) for k in SPECIAL_NAMES])
-    distances = ((latents_bnd[:, :, None, :] - centres[None, None]) ** 2).sum(-1)
-    is_sep = distances.argmin(-1) == SPECIAL_NAMES.index("sep")
-    return np.where(is_sep.any(axis=1), is_sep.argmax(axis=1), latents_bnd.shape[1])
-
-
-def slots_to_decode(
-    latents_bnd: np.ndarray, ends_b: np.ndarray, special_latents: dict, slots_per_bar: int
-) -> np.ndarray:
-    """bool [B, N]: the track slots before each song's end that are not `[INST]` padding.
-
-    The last slot of each bar is `b-1` by position. A track slot is padding when it lies within
-    half the distance from the `[INST]` latent to the nearest other special latent (real POP909
-    phrases lie further away than the specials are from each other). latents_bnd unscaled."""
-    inst = np.asarray(special_latents["inst"], np.float32)
-    others = [np.asarray(special_latents[k], np.float32) for k in SPECIAL_NAMES if k != "inst"]
-    radius = 0.5 * min(float(np.linalg.norm(inst - other)) for other in others)
-    is_inst = np.linalg.norm(latents_bnd - inst, axis=-1) < radius
-    position = np.arange(latents_bnd.shape[1])
-    in_song = position[None, :] < np.asarray(ends_b)[:, None]
-    track_position = (position % slots_per_bar) != slots_per_bar - 1
-    return in_song & track_position[None, :] & ~is_inst
-
-
-def decode_chunk_size(rows: int) -> int:
-    """The smallest 2^k or 1.5 * 2^k (k >= 1) that holds `rows` (>= 1) rows."""
-    power = 1 << max(rows - 1, 1).bit_length()
-    return power * 3 // 4 if rows <= power * 3 // 4 else power
-
-
-def decode_song_slots(
-    vae_model,
-    latents_bnd: np.ndarray,
-    ends_b: np.ndarray,
-    *,
-    max_len: int,
-    decode_chunk: int,
-    decode_mask_bn: np.ndarray | None = None,
-    slots_per_bar: int = 4,
-) -> list[np.ndarray]:
-    """Greedy ids per song, int32 [ends_b[i], max_len]: one decode of the slots before every
-    song's end. Rows are padded only up to a chunk of 2^k or 1.5 * 2^k rows, at least
-    MIN_DECODE_CHUNK, capped at `decode_chunk`: few shapes compile and under a third of the
-    decoded rows are padding (a 128-bar song's 384 track slots decode as 384 rows, not 512).
-    With `decode_mask_bn` (`slots_to_decode`) only those slots go to the decoder; the others
-    get their phrase by position: `b-1` in each bar's last slot, `[INST]` in track slots."""
-    if decode_mask_bn is None:
-        decode_mask_bn = np.arange(latents_bnd.shape[1])[None, :] < np.asarray(ends_b)[:, None]
-    rows = latents_bnd[decode_mask_bn]
-    if len(rows):
-        chunk = min(decode_chunk, max(MIN_DECODE_CHUNK, decode_chunk_size(len(rows))))
-        ids = decoding.decode_latents(vae_model, rows, max_len=max_len, chunk_size=chunk)
-    else:
-        ids = np.zeros((0, max_len), np.int32)
-    full = np.full(latents_bnd.shape[:2] + (max_len,), PAD, np.int32)
-    is_bar = (np.arange(latents_bnd.shape[1]) % slots_per_bar) == slots_per_bar - 1
-    full[:, :, :2] = [INST, EOS]
-    full[:, is_bar, 0] = BAR_END
-    full[decode_mask_bn] = ids
-    return [song[:end] for song, end in zip(full, ends_b, strict=True)]
 
 
 @functools.partial(jax.jit, static_argnames=("n_slots", "latent_dim"))
@@ -309,13 +240,15 @@ def generate(
         if batch_index == 0:  # includes compiling the sampler
             timings["diffusion_first_batch_s"] = seconds
 
-        detected = song_end_slots(latents, manifest["special_latents"])
+        detected = slot_decoding.song_end_slots(latents, manifest["special_latents"])
         ends = detected if end_rule == "detect" else np.full(count, bars * slots_per_bar)
         tick = time.monotonic()
         mask = None
         if settings.decode_slots == "tracks":
-            mask = slots_to_decode(latents, ends, manifest["special_latents"], slots_per_bar)
-        decoded = decode_song_slots(
+            mask = slot_decoding.slots_to_decode(
+                latents, ends, manifest["special_latents"], slots_per_bar
+            )
+        decoded = slot_decoding.decode_song_slots(
             vae.model,
             latents,
             ends,
