@@ -124,7 +124,7 @@ def _torch_decode(reference, batch, memory, memory_mask):
 def test_relative_position_buckets_match_transformers():
     from transformers.models.t5.modeling_t5 import T5Attention
 
-    from phrase_jax.models.layers import relative_position_buckets
+    from phrase_jax.models.relative_position import relative_position_buckets
 
     for bidirectional in (True, False):
         ours = relative_position_buckets(

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from phrase_jax.models import layers
+from phrase_jax.models import layers, relative_position
 
 
 def _attention(c, *, rngs: nnx.Rngs) -> layers.MultiHeadAttention:
@@ -52,8 +52,10 @@ def _feed_forward(c, *, rngs: nnx.Rngs) -> layers.FeedForward:
     )
 
 
-def _relative_bias(c, *, bidirectional: bool, rngs: nnx.Rngs) -> layers.RelativePositionBias:
-    return layers.RelativePositionBias(
+def _relative_bias(
+    c, *, bidirectional: bool, rngs: nnx.Rngs
+) -> relative_position.RelativePositionBias:
+    return relative_position.RelativePositionBias(
         c.num_heads,
         num_buckets=c.relative_buckets,
         max_distance=c.relative_max_distance,
