@@ -42,7 +42,7 @@ import numpy as np
 from flax import nnx
 
 from benchmarks import common
-from benchmarks.bench_vae import Report, single_device_mesh
+from benchmarks.bench_vae import Report, single_device_mesh, time_train_step
 from phrase_jax.diffusion import schedules
 from phrase_jax.models import conditions, dit, vae
 from phrase_jax.stages import (
@@ -53,7 +53,6 @@ from phrase_jax.stages import (
     train_ldm,
     vae_loading,
 )
-from phrase_jax.training import optim, sharding, train_state
 
 # The issue's PyTorch figures on this CPU (seconds); song rows are per 128-bar song.
 ISSUE_REFERENCE_S = {
@@ -82,31 +81,13 @@ def random_batch(batch_size: int, config: dit.PhraseLDMConfig, *, seed: int = 0)
 
 def bench_train_step(config: dit.PhraseLDMConfig, batch_size: int, *, runs: int) -> common.Timing:
     """Times the jitted, donated train step of `phrase_jax.training` on the diffusion loss."""
-    tx, schedule = optim.make_optimizer(
+    return time_train_step(
+        lambda: dit.PhraseLDM(config, rngs=nnx.Rngs(0)),
+        train_ldm.make_loss_fn(ml_collections.ConfigDict(DIFFUSION)),
         {"name": "adamw", "learning_rate": 5e-4, "weight_decay": 0.01, "grad_clip_norm": 0.5},
-        total_steps=1,
+        random_batch(batch_size, config),
+        runs=runs,
     )
-    create = train_state.modules_factory(
-        lambda: dit.PhraseLDM(config, rngs=nnx.Rngs(0)), tx, use_ema=False
-    )
-    mesh = single_device_mesh()
-    spec = train_state.make_state_spec(
-        create, mesh, sharding.logical_rules({"preset": "data_parallel"})
-    )
-    step = train_state.make_train_step(
-        spec, train_ldm.make_loss_fn(ml_collections.ConfigDict(DIFFUSION)), schedule=schedule
-    )
-    holder = {"state": sharding.init_state(create, spec.shardings)}
-    batch = sharding.make_global_batch(random_batch(batch_size, config), mesh)
-    rng = jax.random.key(0)
-
-    def one_step():
-        holder["state"], metrics = step(holder["state"], batch, rng)
-        loss = float(metrics["loss"])  # blocks until the step has run
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"LDM train step loss is {loss}")
-
-    return common.time_calls(one_step, runs=runs)
 
 
 def bench_denoise_step(

@@ -72,24 +72,21 @@ def _loss_fn(model, batch, rng, train):
     return vae.compute_loss(model, batch, rng, train=train)
 
 
-def bench_train_step(config: vae.VAEConfig, batch: dict, *, runs: int) -> common.Timing:
-    """Times the jitted, donated train step of `phrase_jax.training` (AdamW, fp32)."""
-    tx, schedule = optim.make_optimizer(
-        {"name": "adamw", "learning_rate": 1e-4, "weight_decay": 1e-3}, total_steps=1
-    )
-
-    create = train_state.modules_factory(
-        lambda: vae.PhraseVAE(config, rngs=nnx.Rngs(0)), tx, use_ema=False
-    )
+def time_train_step(
+    create_model, loss_fn, optim_config: dict, local_batch: dict, *, runs: int
+) -> common.Timing:
+    """Times the jitted, donated train step of `phrase_jax.training` on one device: the model
+    from `create_model()` created sharded, `loss_fn(model, batch, rng, train)`, fp32."""
+    tx, schedule = optim.make_optimizer(optim_config, total_steps=1)
+    create = train_state.modules_factory(create_model, tx, use_ema=False)
     mesh = single_device_mesh()
     spec = train_state.make_state_spec(
         create, mesh, sharding.logical_rules({"preset": "data_parallel"})
     )
-    state = sharding.init_state(create, spec.shardings)
-    step = train_state.make_train_step(spec, _loss_fn, schedule=schedule)
-    global_batch = sharding.make_global_batch(batch, mesh)
+    step = train_state.make_train_step(spec, loss_fn, schedule=schedule)
+    holder = {"state": sharding.init_state(create, spec.shardings)}
+    global_batch = sharding.make_global_batch(local_batch, mesh)
     rng = jax.random.key(0)
-    holder = {"state": state}
 
     def one_step():
         holder["state"], metrics = step(holder["state"], global_batch, rng)
@@ -98,6 +95,17 @@ def bench_train_step(config: vae.VAEConfig, batch: dict, *, runs: int) -> common
             raise FloatingPointError(f"train step loss is {loss}")
 
     return common.time_calls(one_step, runs=runs)
+
+
+def bench_train_step(config: vae.VAEConfig, batch: dict, *, runs: int) -> common.Timing:
+    """Times the VAE train step (AdamW lr 1e-4, weight decay 1e-3, fp32)."""
+    return time_train_step(
+        lambda: vae.PhraseVAE(config, rngs=nnx.Rngs(0)),
+        _loss_fn,
+        {"name": "adamw", "learning_rate": 1e-4, "weight_decay": 1e-3},
+        batch,
+        runs=runs,
+    )
 
 
 def decoded_steps(ids_bt: np.ndarray) -> int:
