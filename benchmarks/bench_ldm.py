@@ -18,6 +18,10 @@ Paper size: `dit.paper_config(("length",))` (29.5 M parameters) and the paper VA
   special latents and make the VAE emit all `max_len` tokens per row: the worst case. Rows
   `song_<sampler>_<steps>_tracks` decode only the track slots (`decode_slots="tracks"`, the
   fast path); `..._all` decodes all 4 slots per bar, with the last sampler.
+Rows `song_p<q>_longest_phrase_<L>_...` (with `--real_lengths_data`, the prepared POP909):
+a greedy decode runs until the song's longest phrase ends, so the untrained decoder run for
+exactly L steps, the q-th percentile over POP909 songs of the longest phrase, does the work a
+trained VAE does on such a song.
 `--trained_ldm_workdir` repeats the song with that trained LDM and its VAE (the real loading
 path; the song is cut at the requested length, not at the first `[SEP]`-like slot, so the
 decoder always sees the whole song), and checks that decoding only track slots gives the same
@@ -166,6 +170,21 @@ def parse_samplers(text: str) -> list[tuple[str, int]]:
     return pairs
 
 
+def longest_phrase_lengths(data_dir: str, qs=(50, 90)) -> dict[int, int]:
+    """{q: the q-th percentile over the LDM songs of `data_dir` of the song's longest phrase in
+    decoder steps (tokens + `[EOS]`, first 128 bars)}. A greedy decode of a song runs until its
+    longest phrase ends, so an untrained decoder run for exactly that many steps does the work a
+    trained one does on such a song."""
+    from data_pipelines import sources
+
+    longest = [
+        max(len(phrase) + 1 for phrase in song["slots"][: 4 * dit.PhraseLDMConfig.max_bars])
+        for split in ("train", "valid", "test")
+        for song in sources.read_songs(data_dir, split)
+    ]
+    return {q: int(np.ceil(np.percentile(longest, q))) for q in qs}
+
+
 def bench_song(
     report: Report,
     pipeline: ldm_loading.SamplingPipeline,
@@ -177,15 +196,18 @@ def bench_song(
     runs: int,
     end: str,
     reference: bool,
+    baselines: bool = True,
 ) -> dict[str, list]:
     """One song of `bars` bars per sampler through `sample.generate` decoding the track slots,
-    and the last sampler again decoding all slots; returns {decode mode: [songs]} (the last
-    run's song of each row)."""
+    and (`baselines`) DDPM-1000 and the last sampler decoding all slots; returns {decode mode:
+    [songs]} (the last run's song of each row)."""
     songs = {}
     num_train = pipeline.ldm.schedule.num_steps
-    plans = [("ddpm", ddpm_steps, num_train / ddpm_steps)] + [(m, n, 1.0) for m, n in samplers]
-    # Every sampler with track-slot decoding (the fast path); all slots with the last sampler.
-    runs_plan = [("tracks", plan) for plan in plans] + [("all", plans[-1])]
+    plans = [(m, n, 1.0) for m, n in samplers]
+    runs_plan = [("tracks", plan) for plan in plans]
+    if baselines:  # DDPM first (the reference), all slots with the last sampler
+        plans = [("ddpm", ddpm_steps, num_train / ddpm_steps)] + plans
+        runs_plan = [("tracks", plans[0])] + runs_plan + [("all", plans[-1])]
     with tempfile.TemporaryDirectory() as out_dir:
         for mode, (method, steps, factor) in runs_plan:
             settings = sample.SampleSettings(
@@ -249,6 +271,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--step_batches", default="1,8")
     parser.add_argument("--bars", type=int, default=128)
     parser.add_argument("--max_len", type=int, default=128, help="VAE tokens per phrase")
+    parser.add_argument("--real_lengths_data", default=os.path.join("data", "pop909"),
+                        help="prepared data: also time songs whose longest phrase is the p50 / "
+                             "p90 of its songs (skipped when missing)")  # fmt: skip
     parser.add_argument("--ddpm_steps", type=int, default=20, help="timed, scaled to 1000")
     parser.add_argument("--samplers", default=DEFAULT_SAMPLERS)
     parser.add_argument("--trained_ldm_workdir", default="runs/ldm_lencond_cpu",
@@ -326,6 +351,15 @@ def main(
             report, pipeline, label="song", bars=args.bars, samplers=args.sampler_list,
             ddpm_steps=args.ddpm_steps, runs=args.runs, end="condition", reference=paper,
         )  # fmt: skip
+    if "song" not in skip and os.path.isdir(args.real_lengths_data):
+        for q, length in longest_phrase_lengths(args.real_lengths_data).items():
+            vae_config = ml_collections.ConfigDict({"data": {"max_len": min(length, args.max_len)}})
+            capped = pipeline._replace(vae=dataclasses.replace(pipeline.vae, config=vae_config))
+            bench_song(
+                report, capped, label=f"song_p{q}_longest_phrase_{length}",
+                bars=args.bars, samplers=args.sampler_list, ddpm_steps=args.ddpm_steps,
+                runs=args.runs, end="condition", reference=False, baselines=False,
+            )  # fmt: skip
     trained = args.trained_ldm_workdir
     if "trained" not in skip and trained and os.path.isdir(os.path.join(trained, "checkpoints")):
         loaded = ldm_loading.load_pipeline(trained, single_device_mesh())

@@ -25,22 +25,28 @@ SONG_FIELDS = {"diffusion_s", "decode_s", "assembly_s", "midi_write_s", "end_to_
                "decoder_rows", "decoded_slots", "bars", "meets_target"}  # fmt: skip
 
 
-def test_tiny_benchmark_reports_every_part(tmp_path):
+def test_tiny_benchmark_reports_every_part(tmp_path, monkeypatch):
     path = tmp_path / "bench.jsonl"
     argv = ["--runs", "1", "--train_batches", "2", "--step_batches", "1", "--bars", "4",
             "--max_len", "6", "--ddpm_steps", "4", "--samplers", "ddim:2",
-            "--trained_ldm_workdir", "", "--json", str(path)]  # fmt: skip
+            "--trained_ldm_workdir", "", "--real_lengths_data", str(tmp_path),
+            "--json", str(path)]  # fmt: skip
+    # Songs whose longest phrase is 3 decoder steps (the p50 of a fake corpus).
+    monkeypatch.setattr(bench_ldm, "longest_phrase_lengths", lambda data_dir: {50: 3})
     records = bench_ldm.main(argv, ldm_config=TINY_LDM, vae_config=TINY_VAE)
     by_name = {r["benchmark"]: r for r in records}
     expected = {"train_step_b2", "denoise_step_b1", "denoise_step_b1_bf16", "peak_rss"} | {
-        "song_ddpm_1000_tracks", "song_ddim_2_tracks", "song_ddim_2_all"
+        "song_ddpm_1000_tracks", "song_ddim_2_tracks", "song_ddim_2_all",
+        "song_p50_longest_phrase_3_ddim_2_tracks",
     }  # fmt: skip
     assert set(by_name) == expected
     for name in expected - {"peak_rss"}:
         record = by_name[name]
         assert record["median_s"] > 0 and len(record["times_s"]) == 1
         assert record["reference_s"] is None  # no issue figures for a custom config
-    for name in ("song_ddpm_1000_tracks", "song_ddim_2_tracks", "song_ddim_2_all"):
+    song_rows = ("song_ddpm_1000_tracks", "song_ddim_2_tracks", "song_ddim_2_all",
+                 "song_p50_longest_phrase_3_ddim_2_tracks")  # fmt: skip
+    for name in song_rows:
         assert SONG_FIELDS <= set(by_name[name])
         assert by_name[name]["bars"] == 4 and by_name[name]["decoded_slots"] == 16
     ddpm, ddim = by_name["song_ddpm_1000_tracks"], by_name["song_ddim_2_tracks"]
@@ -54,6 +60,17 @@ def test_tiny_benchmark_reports_every_part(tmp_path):
     assert [json.loads(line)["benchmark"] for line in path.read_text().splitlines()] == [
         r["benchmark"] for r in records
     ]
+
+
+def test_longest_phrase_lengths_are_per_song_percentiles(monkeypatch):
+    from data_pipelines import sources
+
+    # Song i has one phrase of i tokens among short ones; slots past 128 bars do not count.
+    songs = [{"slots": [[1]] * 3 + [[1] * i]} for i in range(1, 11)]
+    songs.append({"slots": [[1]] * 512 + [[1] * 500]})
+    monkeypatch.setattr(sources, "read_songs", lambda d, split: songs if split == "train" else [])
+    # Longest per song (+ [EOS]): 2 (twice: i = 1 and the long song), 3, ..., 11.
+    assert bench_ldm.longest_phrase_lengths("unused", qs=(0, 50, 100)) == {0: 2, 50: 6, 100: 11}
 
 
 def test_sampler_list_and_skip_are_checked():
