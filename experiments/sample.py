@@ -11,10 +11,11 @@ The workdir is the output folder. Variants name the LDM run to read, as experime
 its workdirs (`runs/ldm_<condition>[_bars][_<scale>]`): a condition (`uncond` default,
 `lencond`, `seccond`), `bars`, and a scale: (none) the paper's 1000-step DDPM sampler; `cpu`
 DPM-Solver++(2M) with 50 steps; `runlocal` 2 short songs with 4 DDIM steps (CI).
-Options: `sampler` (ddpm | ddim | dpm_solver_pp, alias dpmpp), `steps`, `guidance_scale`
-(classifier-free guidance, conditional models), `bars` (0: the section total, else 64),
-`sections` (e.g. i4A8B8o4), `clip` (-1: the manifest's, 0: none), `seed`, `tempo`,
-`ldm_workdir`, `latents_dir` / `vae_workdir` (override the recorded paths of moved runs).
+Options: `sampler` (ddpm | ddim | dpm_solver_pp | dpm_solver_pp_sde, aliases dpmpp, dpmpp_sde),
+`steps`, `guidance_scale` (classifier-free guidance, conditional models), `bars` (0: the
+section total, else 64), `sections` (e.g. i4A8B8o4), `clip` (-1: the manifest's, 0: none),
+`seed`, `tempo`, `ldm_workdir`, `latents_dir` / `vae_workdir` (override the recorded paths of
+moved runs).
 """
 
 from __future__ import annotations

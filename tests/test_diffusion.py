@@ -219,6 +219,8 @@ def gaussian_predictor(prediction):
         ("ddim", 50, "epsilon"),
         ("dpm_solver_pp", 20, "epsilon"),
         ("dpm_solver_pp", 20, "v"),
+        ("dpm_solver_pp_sde", 20, "epsilon"),
+        ("dpm_solver_pp_sde", 20, "v"),
         ("ddpm", 1000, "epsilon"),
     ],
 )

@@ -44,7 +44,7 @@ from phrase_jax.stages.ldm_loading import LoadedLDM
 from phrase_jax.training import sharding
 
 SAMPLES_JSON = "samples.json"
-SAMPLER_ALIASES = {"dpmpp": "dpm_solver_pp"}
+SAMPLER_ALIASES = {"dpmpp": "dpm_solver_pp", "dpmpp_sde": "dpm_solver_pp_sde"}
 END_RULES = ("auto", "detect", "condition")
 DEFAULT_BARS = 64  # SPEC 7 length accuracy conditions on 64 bars
 DECODE_SLOTS = ("all", "tracks")
