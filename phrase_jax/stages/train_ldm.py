@@ -19,7 +19,6 @@ optimizer, EMA, iterator; `extra` holds the latents' provenance and the section 
 from __future__ import annotations
 
 import os
-import time
 
 import jax
 from absl import logging
@@ -28,7 +27,7 @@ from flax import nnx
 from data_pipelines import ldm_pipeline
 from phrase_jax.diffusion import losses, schedules
 from phrase_jax.models import conditions, dit
-from phrase_jax.training import checkpointing, metrics, optim, sharding, train_state
+from phrase_jax.training import checkpointing, loop, metrics, optim, sharding, train_state
 
 SECTION_VOCAB = "section_vocab.json"
 # Manifest fields a resumed run must still see: other values mean other training data.
@@ -210,7 +209,6 @@ def run(config, workdir: str) -> dict[str, float] | None:
         logging.info("resumed %s at step %d", workdir, step)
     else:
         state, step = sharding.init_state(create, spec.shardings), 0
-    last_checkpoint = checkpointer.latest_step()
 
     loss_fn = make_loss_fn(config.diffusion)
     train_step = train_state.make_train_step(
@@ -230,44 +228,36 @@ def run(config, workdir: str) -> dict[str, float] | None:
         "extra": {"latents": provenance, "section_vocab": vocab.types},
     }
     writer = metrics.MetricWriter(workdir)
-    rng = jax.random.key(config.seed)
-    progress = metrics.Progress(config.total_steps, start_step=step)
-    pending: list[tuple[int, dict]] = []
-    last_log = (step, time.monotonic())
-    results = None
-    while step < config.total_steps:
-        batch = sharding.make_global_batch(next(train_iter), mesh)
-        state, step_metrics = train_step(state, batch, rng)
-        step += 1
-        pending.append((step, step_metrics))
-        done = step == config.total_steps
-        is_log = step % config.log_every_steps == 0 or done
-        is_checkpoint = step % config.checkpoint.every_steps == 0 or done
-        is_eval = step % config.eval.every_steps == 0 or done
 
-        if is_log or is_checkpoint:  # never save a state that went non-finite
-            means = metrics.mean_train_metrics(pending, last_checkpoint)
-            pending = []
-        if is_log:
-            means["steps_per_s"] = (step - last_log[0]) / max(time.monotonic() - last_log[1], 1e-9)
-            writer.write(step, means)
-            progress.report(step, {k: means[k] for k in ("loss", "mse_low_t", "mse_high_t")})
-        if is_checkpoint:
-            checkpointer.save(step, state, data_iterator=train_iter, json_items=json_items)
-            last_checkpoint = step
-        if is_eval:
-            results = evaluate(config, spec, state, eval_steps, vocab)
-            metrics.check_finite(step, results, last_checkpoint)
-            writer.write(step, results, split=config.eval.split)
-            logging.info(
-                "%s at step %d: %s",
-                config.eval.split,
-                step,
-                {k: round(v, 4) for k, v in results.items()},
-            )
-        if is_log or is_eval:  # rates exclude eval time
-            last_log = (step, time.monotonic())
-            progress = metrics.Progress(config.total_steps, start_step=step)
+    def eval_and_log(step, state, last_checkpoint):
+        results = evaluate(config, spec, state, eval_steps, vocab)
+        metrics.check_finite(step, results, last_checkpoint)
+        writer.write(step, results, split=config.eval.split)
+        logging.info(
+            "%s at step %d: %s",
+            config.eval.split,
+            step,
+            {k: round(v, 4) for k, v in results.items()},
+        )
+        return results
+
+    results = loop.run_train_loop(
+        state,
+        step,
+        train_step=train_step,
+        train_iter=train_iter,
+        mesh=mesh,
+        rng=jax.random.key(config.seed),
+        total_steps=config.total_steps,
+        log_every=config.log_every_steps,
+        checkpoint_every=config.checkpoint.every_steps,
+        eval_every=config.eval.every_steps,
+        checkpointer=checkpointer,
+        json_items=json_items,
+        writer=writer,
+        evaluate=eval_and_log,
+        progress_keys=("loss", "mse_low_t", "mse_high_t"),
+    )
     checkpointer.close()
     writer.close()
     return results

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -30,7 +29,7 @@ from phrase_jax import config_lib
 from phrase_jax.models import vae
 from phrase_jax.music.vocab import Vocab
 from phrase_jax.stages import vae_eval
-from phrase_jax.training import checkpointing, metrics, optim, sharding, train_state
+from phrase_jax.training import checkpointing, loop, metrics, optim, sharding, train_state
 
 RUN_MODES = ("train", "eval")
 BEST_DIR = "best"
@@ -101,6 +100,11 @@ def warm_start(config, spec, state, mesh):
     )  # fmt: skip
     modules = (model, optimizer) if ema is None else (model, optimizer, ema)
     return jax.device_put(nnx.state(modules), spec.shardings), new
+
+
+def token_rates(counts: dict, elapsed: float) -> tuple[dict, dict]:
+    """Tokens since the last log -> `tokens_per_s` (JSONL) and the progress line's count."""
+    return {"tokens_per_s": counts["n_tokens"] / elapsed}, {"tokens": counts["n_tokens"]}
 
 
 def _write_vocab(workdir: str) -> None:
@@ -232,7 +236,6 @@ def run(config, workdir: str) -> dict[str, float] | None:
         state, step = sharding.init_state(create, spec.shardings), 0
         if config.init_from:
             state, _ = warm_start(config, spec, state, mesh)
-    last_checkpoint = checkpointer.latest_step()
 
     loss_fn = make_loss_fn(config.kl_weight)
     train_step = train_state.make_train_step(
@@ -243,43 +246,24 @@ def run(config, workdir: str) -> dict[str, float] | None:
                                            compute_dtype=config.compute_dtype)  # fmt: skip
     json_items = {"config": config.to_dict(), "vocab": Vocab().to_dict()}
     writer = metrics.MetricWriter(workdir)
-    rng = jax.random.key(config.seed)
-    progress = metrics.Progress(config.total_steps, start_step=step)
-    pending: list[tuple[int, dict]] = []
-    last_log = (step, time.monotonic())
-    results = None
-    while step < config.total_steps:
-        batch = sharding.make_global_batch(next(train_iter), mesh)
-        state, step_metrics = train_step(state, batch, rng)
-        step += 1
-        pending.append((step, step_metrics))
-        done = step == config.total_steps
-        is_log = step % config.log_every_steps == 0 or done
-        is_checkpoint = step % config.checkpoint.every_steps == 0 or done
-        is_eval = step % config.eval.every_steps == 0 or done
 
-        if is_log or is_checkpoint:  # never save a state that went non-finite
-            means = metrics.mean_train_metrics(pending, last_checkpoint, summed=("n_tokens",))
-            pending = []
-        if is_log:
-            elapsed = max(time.monotonic() - last_log[1], 1e-9)
-            means["steps_per_s"] = (step - last_log[0]) / elapsed
-            means["tokens_per_s"] = means.pop("n_tokens") / elapsed
-            writer.write(step, means)
-            progress.report(step, {k: means[k] for k in ("loss", "ce", "kl", "accuracy")},
-                            tokens=means["tokens_per_s"] * elapsed)  # fmt: skip
-        if is_checkpoint:
-            checkpointer.save(step, state, data_iterator=train_iter, json_items=json_items)
-            last_checkpoint = step
-        if is_eval:
-            results = vae_eval.evaluate(config, spec, state, eval_step)
-            writer.write(step, results, split="valid")
-            improved = best.update(step, state, results, json_items)
-            logging.info("valid at step %d%s: %s", step, " (new best)" if improved else "",
-                         {k: round(v, 4) for k, v in results.items()})  # fmt: skip
-        if is_log or is_eval:  # rates exclude eval time
-            last_log = (step, time.monotonic())
-            progress = metrics.Progress(config.total_steps, start_step=step)
+    def evaluate(step, state, last_checkpoint):
+        del last_checkpoint  # unused: only the train metrics are NaN-guarded here
+        results = vae_eval.evaluate(config, spec, state, eval_step)
+        writer.write(step, results, split="valid")
+        improved = best.update(step, state, results, json_items)
+        logging.info("valid at step %d%s: %s", step, " (new best)" if improved else "",
+                     {k: round(v, 4) for k, v in results.items()})  # fmt: skip
+        return results
+
+    results = loop.run_train_loop(
+        state, step, train_step=train_step, train_iter=train_iter, mesh=mesh,
+        rng=jax.random.key(config.seed), total_steps=config.total_steps,
+        log_every=config.log_every_steps, checkpoint_every=config.checkpoint.every_steps,
+        eval_every=config.eval.every_steps, checkpointer=checkpointer, json_items=json_items,
+        writer=writer, evaluate=evaluate, progress_keys=("loss", "ce", "kl", "accuracy"),
+        summed=("n_tokens",), rates=token_rates,
+    )  # fmt: skip
     checkpointer.close()
     best.checkpointer.close()
     writer.close()
