@@ -13,7 +13,8 @@ Variants (comma-separated):
   steps, fp32, seed 42); `cpu` a small model that learns something on 2 CPU cores in about
   5 minutes; `runlocal` a tiny model and 4 steps for CI, on the runlocal VAE's 8-d latents.
 Options: `diffusion.prediction=v` (v-prediction), `model.time_scale=1.0` (ref's raw integer
-steps in the Fourier features), `ema_decay=0` (no EMA), `compute_dtype=bfloat16`.
+steps in the Fourier features), `ema_decay=0` (no EMA), `compute_dtype=bfloat16`,
+`model.remat=True` (activation rematerialisation: paper batch sizes in less memory).
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def get_config(arg=None):
             section_dropout=0.1,
             max_sections=30,
             dtype="float32",
+            remat=False,  # True: recompute activations in the backward pass (less memory)
         )
     )
     config.diffusion = ml_collections.ConfigDict(dict(num_steps=1000, prediction="epsilon"))

@@ -58,6 +58,9 @@ class PhraseLDMConfig:
     section_dropout: float = 0.1
     max_sections: int = 30
     dtype: str = "float32"  # compute dtype; parameters stay float32
+    # Recompute each block's activations in the backward pass instead of keeping them: the
+    # 513 x 513 attention maps dominate training memory (paper size, batch 32: 20 GB on CPU).
+    remat: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "conditions", tuple(self.conditions))
@@ -231,6 +234,10 @@ class DiTBlock(nnx.Module):
         return h_bsw + f32(self.ff(norm(self.norm3, h_bsw)))
 
 
+def _call_block(block: DiTBlock, h_bsw, memory_bmc, memory_mask_bm, rotary) -> jax.Array:
+    return block(h_bsw, memory_bmc, memory_mask_bm, rotary)
+
+
 class PhraseLDM(nnx.Module):
     """The PhraseLDM denoiser: x_t [B, N, D], t [B] → prediction [B, N, D].
 
@@ -303,8 +310,9 @@ class PhraseLDM(nnx.Module):
         h_bsw = jnp.concatenate([global_bw[:, None, :], h_bnw], axis=1).astype(jnp.float32)
         memory = self.memory_proj(memory_bmc.astype(dt))
         rotary = rotary_table(h_bsw.shape[1], c.rope_dim, c.rope_theta)
+        run_block = nnx.remat(_call_block) if c.remat else _call_block
         for block in self.blocks:
-            h_bsw = block(h_bsw, memory, memory_mask_bm, rotary)
+            h_bsw = run_block(block, h_bsw, memory, memory_mask_bm, rotary)
         y_bnd = self.proj_out(h_bsw.astype(dt))[:, 1:]
         return (y_bnd + self.postprocess_conv(y_bnd)).astype(jnp.float32)
 

@@ -172,11 +172,20 @@ def _check_resumable(restored_json: dict, config, provenance: dict, workdir: str
         )
 
 
+# Model config keys that change how it runs, not its weights: a run may resume with others.
+RUNTIME_MODEL_KEYS = ("remat",)
+
+
 def config_lists(mapping) -> dict:
-    """A config mapping as plain JSON-comparable values (tuples as lists)."""
+    """A config mapping as plain JSON-comparable values (tuples as lists), without the
+    runtime-only keys."""
     to_dict = getattr(mapping, "to_dict", None)
     values = to_dict() if to_dict else dict(mapping)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    return {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in values.items()
+        if k not in RUNTIME_MODEL_KEYS
+    }
 
 
 def run(config, workdir: str) -> dict[str, float] | None:
