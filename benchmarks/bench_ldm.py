@@ -1,6 +1,7 @@
 """PhraseLDM speed on this machine: train step, one denoising step and one 128-bar song end to end.
 
     python -m benchmarks.bench_ldm [--json runs/bench_ldm.jsonl] [--runs 3] [--train_batches 8,32]
+        [--remat_batches 32]
         [--step_batches 1,8] [--bars 128] [--ddpm_steps 20] [--samplers ddim:50,dpm_solver_pp:20]
         [--trained_ldm_workdir runs/ldm_lencond_cpu] [--fid_ldm_workdir runs/ldm_lencond_cpu]
         [--skip train,step,song,trained]
@@ -8,7 +9,9 @@
 Paper size: `dit.paper_config(("length",))` (29.5 M parameters) and the paper VAE
 (`VAEConfig()`), random init, fp32, on the first local device:
 - train step: the real jitted step of `phrase_jax.training` with the diffusion loss of
-  `stages/train_ldm.py` (AdamW lr 5e-4 wd 0.01, clip 0.5), latents [B, 512, 64];
+  `stages/train_ldm.py` (AdamW lr 5e-4 wd 0.01, clip 0.5), latents [B, 512, 64]; `_remat` rows
+  with `model.remat` (the process's peak RSS so far is in each row: run a remat row alone to
+  see its memory);
 - denoising step: one jitted model call at batch 1 and 8 (and in bf16 at batch 1, with its
   largest deviation from fp32 relative to the output's standard deviation);
 - one song of `--bars` bars through the real `sample.generate` (end = the requested length):
@@ -268,6 +271,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--json", default="", help="append JSON lines to this file")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--train_batches", default="8,32")
+    parser.add_argument("--remat_batches", default="", help="train steps with model.remat")
     parser.add_argument("--step_batches", default="1,8")
     parser.add_argument("--bars", type=int, default=128)
     parser.add_argument("--max_len", type=int, default=128, help="VAE tokens per phrase")
@@ -328,12 +332,17 @@ def main(
     )
     report = Report(context)
     if "train" not in skip:
-        for batch_size in [int(b) for b in args.train_batches.split(",") if b]:
-            timing = bench_train_step(ldm_config, batch_size, runs=args.runs)
-            report.timing(
-                f"train_step_b{batch_size}", timing, issue.get(f"train_step_b{batch_size}"),
-                examples_per_s=round(batch_size / timing.median_s, 2),
-            )  # fmt: skip
+        remat_config = dataclasses.replace(ldm_config, remat=True)
+        for config, suffix, batches in ((ldm_config, "", args.train_batches),
+                                        (remat_config, "_remat", args.remat_batches)):  # fmt: skip
+            for batch_size in [int(b) for b in batches.split(",") if b]:
+                timing = bench_train_step(config, batch_size, runs=args.runs)
+                report.timing(
+                    f"train_step_b{batch_size}{suffix}", timing,
+                    issue.get(f"train_step_b{batch_size}") if not suffix else None,
+                    examples_per_s=round(batch_size / timing.median_s, 2),
+                    peak_rss_mib_so_far=round(common.peak_rss_mib()),
+                )  # fmt: skip
     if "step" not in skip:
         for batch_size in [int(b) for b in args.step_batches.split(",") if b]:
             timing, y32 = bench_denoise_step(pipeline.ldm.model, batch_size, runs=args.runs)

@@ -27,15 +27,16 @@ SONG_FIELDS = {"diffusion_s", "decode_s", "assembly_s", "midi_write_s", "end_to_
 
 def test_tiny_benchmark_reports_every_part(tmp_path, monkeypatch):
     path = tmp_path / "bench.jsonl"
-    argv = ["--runs", "1", "--train_batches", "2", "--step_batches", "1", "--bars", "4",
-            "--max_len", "6", "--ddpm_steps", "4", "--samplers", "ddim:2",
+    argv = ["--runs", "1", "--train_batches", "2", "--remat_batches", "2", "--step_batches", "1",
+            "--bars", "4", "--max_len", "6", "--ddpm_steps", "4", "--samplers", "ddim:2",
             "--trained_ldm_workdir", "", "--real_lengths_data", str(tmp_path),
             "--json", str(path)]  # fmt: skip
     # Songs whose longest phrase is 3 decoder steps (the p50 of a fake corpus).
     monkeypatch.setattr(bench_ldm, "longest_phrase_lengths", lambda data_dir: {50: 3})
     records = bench_ldm.main(argv, ldm_config=TINY_LDM, vae_config=TINY_VAE)
     by_name = {r["benchmark"]: r for r in records}
-    expected = {"train_step_b2", "denoise_step_b1", "denoise_step_b1_bf16", "peak_rss"} | {
+    expected = {"train_step_b2", "train_step_b2_remat", "denoise_step_b1", "denoise_step_b1_bf16",
+                "peak_rss"} | {
         "song_ddpm_1000_tracks", "song_ddim_2_tracks", "song_ddim_2_all",
         "song_p50_longest_phrase_3_ddim_2_tracks",
     }  # fmt: skip
