@@ -142,3 +142,25 @@ def test_evaluate_config_names_the_ldm_run_and_the_comparison():
     assert (compared.sampler, compared.steps, compared.guidance_scale) == ("ddim", 50, 1.0)
     with pytest.raises(ValueError, match="at most one"):
         load_config("evaluate", "lencond,uncond")
+
+
+def test_sampler_fid_rows_compare_each_sampler_with_ddpm(chain):
+    from benchmarks import bench_vae, sampler_fid
+
+    report = bench_vae.Report({})
+    plans = [("ddpm", 4), ("ddim", 2), ("dpm_solver_pp_sde", 2)]
+    results = sampler_fid.compare_samplers(
+        report, str(chain["ldm_bars"]), plans, num_songs=2, bars=4
+    )
+    assert list(results) == ["fid_ddpm_4", "fid_ddim_2", "fid_dpm_solver_pp_sde_2",
+                             "fid_ddpm_4_seed1"]  # fmt: skip
+    baseline = results["fid_ddpm_4"]
+    for record in report.records:
+        value = results[record["benchmark"]]
+        assert math.isfinite(value) and value >= 0
+        assert record["vs_baseline"] == round(value / baseline - 1.0, 4)
+        # Lower FID is better: at most 5% above the baseline qualifies.
+        assert record["within_5pct"] == (value <= 1.05 * baseline)
+        assert record["songs"] == 2 and record["bars"] == 4
+    with pytest.raises(FileNotFoundError, match="no checkpoints"):
+        sampler_fid.compare_samplers(report, str(chain["data"]), plans, num_songs=1, bars=4)
