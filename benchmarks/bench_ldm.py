@@ -69,7 +69,7 @@ ISSUE_REFERENCE_S = {
     "song_ddpm_1000_end_to_end": 242.0,
 }
 TARGET_SONG_S = 5.0
-DEFAULT_SAMPLERS = "ddim:50,dpm_solver_pp:20,dpm_solver_pp:10"
+DEFAULT_SAMPLERS = "ddim:50,dpmpp:20,dpmpp:10,dpmpp_sde:20,dpmpp_sde:10"
 DIFFUSION = {"num_steps": 1000, "prediction": "epsilon"}
 PARTS = ("train", "step", "song", "trained")
 
