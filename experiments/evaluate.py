@@ -11,7 +11,7 @@ The workdir is the output folder (metrics.json, metrics.md, self_similarity.png)
 the LDM run as experiments/sample.py does (`runs/ldm_<condition>[_bars][_<scale>]`): a condition
 (`uncond` default, `lencond`, `seccond`), `bars`, and a scale: (none) the paper protocol, 100
 songs of 64 bars (length accuracy) with the 1000-step DDPM sampler; `cpu` 20 songs (the ref's
-count) with DPM-Solver++(2M), 50 steps; `runlocal` 2 songs of 4 bars, 4 DDIM steps (CI).
+count) with DPM-Solver++(2M) SDE, 20 steps; `runlocal` 2 songs of 4 bars, 4 DDIM steps (CI).
 Sampling options are experiments/sample.py's. Evaluation options: `reference_songs` (training
 songs whose slots form the PhraseFID reference set; ref 100), `real_splits` (the real row),
 `memorisation_train_songs` (0: every training melody), `fid_orders`, `srs_threshold`,
@@ -70,8 +70,8 @@ def get_config(arg=None):
 
     if "cpu" in variants:
         config.num_songs = 20
-        config.sampler = "dpm_solver_pp"
-        config.steps = 50
+        config.sampler = "dpm_solver_pp_sde"
+        config.steps = 20
         config.batch_size = 10
         config.decode_chunk = 512
     elif "runlocal" in variants:
