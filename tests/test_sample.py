@@ -45,15 +45,16 @@ def decode_counter(monkeypatch):
     return rows
 
 
-def test_song_end_is_the_first_slot_nearest_to_the_sep_latent():
+def test_song_end_is_the_first_slot_near_the_sep_latent():
+    # [SEP] lies 2.24 from [INST] and from b-1: a slot within 1.12 of it is [SEP].
     special = {"inst": [1.0, 0.0], "bar": [0.0, 1.0], "sep": [-1.0, -1.0]}
     songs = np.zeros((3, 6, 2), np.float32)
     songs[:, :] = [0.9, 0.1]  # near [INST]
     songs[0, 4:] = [-0.8, -1.2]  # padding from slot 4
-    songs[1, 2] = [-2.0, -0.5]  # nearest to [SEP] although far from it: the end
+    songs[1, 2] = [-2.5, 0.0]  # a phrase whose nearest special is [SEP], 1.8 away: not the end
     songs[1, 3] = [-0.9, -1.0]
-    songs[2, :, :] = [3.0, 3.0]  # far from everything, nearest to b-1/[INST]: no end
-    assert slot_decoding.song_end_slots(songs, special).tolist() == [4, 2, 6]
+    songs[2, :, :] = [3.0, 3.0]  # far from everything: no end
+    assert slot_decoding.song_end_slots(songs, special).tolist() == [4, 3, 6]
 
 
 def test_sections_and_bars_resolve_to_one_length():

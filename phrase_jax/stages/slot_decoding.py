@@ -1,6 +1,6 @@
 """Which latent slots of a sampled song go to the VAE decoder, and the decode itself.
 
-A song's end is its first slot nearest the `[SEP]` latent (or the requested length); inside it,
+A song's end is its first slot near the `[SEP]` latent (or the requested length); inside it,
 the last slot of each bar is `b-1` by position and track slots near the `[INST]` latent are
 padding, so only real track phrases need the (costly) greedy decoder. Latents are unscaled.
 """
@@ -16,12 +16,21 @@ MIN_DECODE_CHUNK = 64  # smallest decoder batch: few distinct shapes, so few com
 SPECIAL_NAMES = ("inst", "bar", "sep")  # order of the nearest-special-latent test
 
 
+def near_special(latents_bnd: np.ndarray, special_latents: dict, name: str) -> np.ndarray:
+    """bool [B, N]: slots within half the distance from the `name` latent to the nearest other
+    special latent. Nearest-of-the-specials alone is not enough: a real phrase lies far from
+    all three, and which of them is least far says nothing (on real POP909 latents it put a
+    `[SEP]` in every song's first bars). latents_bnd unscaled."""
+    centre = np.asarray(special_latents[name], np.float32)
+    others = [np.asarray(special_latents[k], np.float32) for k in SPECIAL_NAMES if k != name]
+    radius = 0.5 * min(float(np.linalg.norm(centre - other)) for other in others)
+    return np.linalg.norm(latents_bnd - centre, axis=-1) < radius
+
+
 def song_end_slots(latents_bnd: np.ndarray, special_latents: dict) -> np.ndarray:
-    """int [B]: each song's first slot whose nearest special latent ([INST], b-1, [SEP]) is the
-    `[SEP]` latent, N when there is none. latents_bnd unscaled [B, N, D]."""
-    centres = np.stack([np.asarray(special_latents[k], np.float32) for k in SPECIAL_NAMES])
-    distances = ((latents_bnd[:, :, None, :] - centres[None, None]) ** 2).sum(-1)
-    is_sep = distances.argmin(-1) == SPECIAL_NAMES.index("sep")
+    """int [B]: each song's first slot near the `[SEP]` latent (`near_special`), N when there
+    is none. latents_bnd unscaled [B, N, D]."""
+    is_sep = near_special(latents_bnd, special_latents, "sep")
     return np.where(is_sep.any(axis=1), is_sep.argmax(axis=1), latents_bnd.shape[1])
 
 
@@ -33,10 +42,7 @@ def slots_to_decode(
     The last slot of each bar is `b-1` by position. A track slot is padding when it lies within
     half the distance from the `[INST]` latent to the nearest other special latent (real POP909
     phrases lie further away than the specials are from each other). latents_bnd unscaled."""
-    inst = np.asarray(special_latents["inst"], np.float32)
-    others = [np.asarray(special_latents[k], np.float32) for k in SPECIAL_NAMES if k != "inst"]
-    radius = 0.5 * min(float(np.linalg.norm(inst - other)) for other in others)
-    is_inst = np.linalg.norm(latents_bnd - inst, axis=-1) < radius
+    is_inst = near_special(latents_bnd, special_latents, "inst")
     position = np.arange(latents_bnd.shape[1])
     in_song = position[None, :] < np.asarray(ends_b)[:, None]
     track_position = (position % slots_per_bar) != slots_per_bar - 1
