@@ -75,9 +75,11 @@ def test_stage_writes_metrics_table_and_plot(chain, tmp_path):
     expected = fid.phrase_fid(held_out, shard_songs("train"))
     assert real["phrase_fid"] == pytest.approx(expected, rel=1e-9)
 
-    for kind in ("generated", "comparison"):
+    # Exact bars end each generated song at 4 bars; the comparison's length bucket only ends a
+    # song at a slot near the [SEP] latent, which an untrained model may never produce.
+    for kind, most_bars in (("generated", 4), ("comparison", 128)):
         generated, info = rows[kind]["metrics"], rows[kind]["info"]
-        assert generated["songs"] == 2 and 0 <= generated["mean_n_bars"] <= 4
+        assert generated["songs"] == 2 and 0 <= generated["mean_n_bars"] <= most_bars
         assert info["bars"] == 4 and 0.0 <= generated["length_bucket_accuracy"] <= 1.0
     assert rows["generated"]["info"]["sampler"] == "ddim"
     assert rows["comparison"]["info"]["sampler"] == "ddpm"
