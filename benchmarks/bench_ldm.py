@@ -38,9 +38,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
@@ -315,12 +313,7 @@ def main(
     paper = ldm_config == dit.paper_config(("length",)) and vae_config == vae.VAEConfig()
     issue = ISSUE_REFERENCE_S if paper else {}
     pipeline = untrained_pipeline(ldm_config, vae_config, max_len=args.max_len)
-    context = dict(
-        time=time.strftime("%Y-%m-%dT%H:%M:%S"),
-        host_cpus=os.cpu_count(),
-        machine=platform.machine(),
-        jax=jax.__version__,
-        backend=jax.default_backend(),
+    context = common.machine_context(
         parameters=dit.count_parameters(ldm_config)["total"],
         vae_parameters=vae.count_params(pipeline.vae.model),
     )

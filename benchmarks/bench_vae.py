@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import time
 
 import jax
 import numpy as np
@@ -210,14 +208,7 @@ def main(argv=None, *, config: vae.VAEConfig | None = None) -> list[dict]:
             model, torch_reference.state_dict_numpy(reference_model)
         )
         weights_from = "the torch reference"
-    context = dict(
-        time=time.strftime("%Y-%m-%dT%H:%M:%S"),
-        host_cpus=os.cpu_count(),
-        machine=platform.machine(),
-        jax=jax.__version__,
-        backend=jax.default_backend(),
-        parameters=vae.count_params(model),
-    )
+    context = common.machine_context(parameters=vae.count_params(model))
     print(
         f"PhraseVAE {'paper' if paper else 'custom'} config, {context['parameters']:,} params, "
         f"{jax.default_backend()} ({os.cpu_count()} cores), weights from {weights_from}; "

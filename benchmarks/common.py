@@ -2,6 +2,7 @@
 
     timing = time_calls(lambda: step(), runs=3, warmup=1)   # Timing(compile_s, times_s)
     timing.median_s, peak_rss_mib(), device_peak_mib(), load_average()
+    context = machine_context(parameters=n)   # time, host, JAX version and backend + facts
     write_json_lines(path, records)
 
 Every timed callable must block until its result exists (`jax.block_until_ready`, `.item()`),
@@ -13,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import platform
 import resource
 import statistics
 import sys
@@ -56,6 +58,21 @@ def time_calls(fn: Callable[[], Any], *, runs: int = 3, warmup: int = 1) -> Timi
         fn()
         times.append(time.perf_counter() - start)
     return Timing(first_s=first, times_s=tuple(times))
+
+
+def machine_context(**facts) -> dict[str, Any]:
+    """The facts every benchmark record carries (time, host, JAX version and backend) plus
+    `facts` (e.g. parameter counts)."""
+    import jax  # here, so that importing this module stays cheap
+
+    return dict(
+        time=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        host_cpus=os.cpu_count(),
+        machine=platform.machine(),
+        jax=jax.__version__,
+        backend=jax.default_backend(),
+        **facts,
+    )
 
 
 def peak_rss_mib() -> float:

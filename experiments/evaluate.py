@@ -68,17 +68,16 @@ def get_config(arg=None):
     config.plot_songs = 3
     config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1)))
 
+    for scale in sample.SCALES:
+        if scale in variants:
+            config.sampler, config.steps = sample.SCALE_SAMPLERS[scale]
     if "cpu" in variants:
         config.num_songs = 20
-        config.sampler = "dpm_solver_pp_sde"
-        config.steps = 20
         config.batch_size = 10
         config.decode_chunk = 512
     elif "runlocal" in variants:
         config.num_songs = 2
         config.bars = 4
-        config.sampler = "ddim"
-        config.steps = 4
         config.batch_size = 2
         config.decode_chunk = 64
         config.plot_songs = 2

@@ -28,6 +28,8 @@ import ml_collections
 CONDITIONS = ("uncond", "lencond", "seccond")
 SCALES = ("runlocal", "cpu")
 VARIANTS = (*CONDITIONS, "bars", *SCALES)
+# Sampler and steps per scale (none: the paper's DDPM-1000); experiments/evaluate.py reads it too.
+SCALE_SAMPLERS = {"cpu": ("dpm_solver_pp_sde", 20), "runlocal": ("ddim", 4)}
 
 
 def parse_variants(arg: str | None) -> tuple[tuple[str, ...], str]:
@@ -68,17 +70,16 @@ def get_config(arg=None):
     config.wav = False  # FluidSynth when pyfluidsynth is installed, else sine tones
     config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1)))
 
+    for scale in SCALES:
+        if scale in variants:
+            config.sampler, config.steps = SCALE_SAMPLERS[scale]
     if "cpu" in variants:
         config.num_songs = 4
-        config.sampler = "dpm_solver_pp_sde"
-        config.steps = 20
         config.batch_size = 4
         config.decode_chunk = 512
     elif "runlocal" in variants:
         config.num_songs = 2
         config.bars = 4
-        config.sampler = "ddim"
-        config.steps = 4
         config.batch_size = 2
         config.decode_chunk = 64
     return config
