@@ -48,24 +48,29 @@ data-chorales: $(VENV)/.installed
 	$(PY) -m data_pipelines.prepare --dataset chorales --out_dir $(DATA_DIR)/chorales \
 		--workers $(WORKERS)
 
+# The run-name convention (phrase_jax/config_lib.py, `run_dir`): the run of experiments/<x>.py
+# at variant words W lives in $(RUNS_DIR)/<its RUN_KIND>[_<word of W>...], e.g. runs/vae_cpu,
+# runs/latents_cpu, runs/ldm_lencond_cpu, runs/samples_lencond_cpu; the experiment files name
+# their upstream runs by the same rule. `$(call run_dir,x)` asks the library; words x does not
+# know are left out (`lencond` names an LDM run, not the latents it reads).
+VARIANT ?=
+, := ,
+run_dir = $(shell $(PY) -m phrase_jax.config_lib --runs_dir=$(RUNS_DIR) experiments/$(1).py:$(VARIANT))
+DATA_ARG := data.dir=$(DATA_DIR)/pop909
+
 # The three PhraseVAE stages in order on POP909 (SPEC 2), each from the previous workdir:
 # `make train-vae` (paper scale), `make train-vae VARIANT=cpu` (~15 min on 2 CPU cores),
 # `VARIANT=runlocal` (seconds). Rerunning resumes each stage from its workdir.
-VARIANT ?=
-VAE_SUFFIX := $(if $(VARIANT),_$(VARIANT))
-, := ,
-VAE_ARGS := $(if $(VARIANT),$(VARIANT)$(,))data.dir=$(DATA_DIR)/pop909
-
 $(DATA_DIR)/pop909/manifest.json:
 	$(MAKE) data
 
 train-vae: $(VENV)/.installed $(DATA_DIR)/pop909/manifest.json
-	$(PY) -m phrase_jax.main --workdir $(RUNS_DIR)/vae_pretrain$(VAE_SUFFIX) \
-		--config experiments/vae_pretrain.py:$(VAE_ARGS),init_from=
-	$(PY) -m phrase_jax.main --workdir $(RUNS_DIR)/vae_ae$(VAE_SUFFIX) \
-		--config experiments/vae_ae.py:$(VAE_ARGS),init_from=$(RUNS_DIR)/vae_pretrain$(VAE_SUFFIX)
-	$(PY) -m phrase_jax.main --workdir $(RUNS_DIR)/vae$(VAE_SUFFIX) \
-		--config experiments/vae.py:$(VAE_ARGS),init_from=$(RUNS_DIR)/vae_ae$(VAE_SUFFIX)
+	$(PY) -m phrase_jax.main --workdir $(call run_dir,vae_pretrain) \
+		--config experiments/vae_pretrain.py:$(VARIANT)$(,)$(DATA_ARG),init_from=
+	$(PY) -m phrase_jax.main --workdir $(call run_dir,vae_ae) \
+		--config experiments/vae_ae.py:$(VARIANT)$(,)$(DATA_ARG),init_from=$(call run_dir,vae_pretrain)
+	$(PY) -m phrase_jax.main --workdir $(call run_dir,vae) \
+		--config experiments/vae.py:$(VARIANT)$(,)$(DATA_ARG),init_from=$(call run_dir,vae_ae)
 
 # Pipeline throughput (prepares the data first when it is missing), then PhraseVAE train-step
 # and greedy-decode speed on this machine; `make bench BENCH_VAE_ARGS=--reference` also times
@@ -86,56 +91,52 @@ clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
 
 # Songs from a trained PhraseLDM (SPEC 6): a .mid and a piano-roll .png per song and samples.json
-# in $(RUNS_DIR)/samples_<variant>. VARIANT names the LDM run as experiments/sample.py explains
-# (`make sample VARIANT=lencond,cpu` reads runs/ldm_lencond_cpu); LDM_WORKDIR=DIR reads another
-# run; SAMPLE_ARGS adds options, e.g. SAMPLE_ARGS=num_songs=8,sampler=ddim,steps=100.
+# in $(RUNS_DIR)/samples_<condition>[_bars][_<scale>]. VARIANT names the LDM run as
+# experiments/sample.py explains (`make sample VARIANT=lencond,cpu` reads runs/ldm_lencond_cpu);
+# LDM_WORKDIR=DIR reads another run; SAMPLE_ARGS adds options, e.g.
+# SAMPLE_ARGS=num_songs=8,sampler=ddim,steps=100.
 .PHONY: sample
 LDM_WORKDIR ?=
 SAMPLE_ARGS ?=
 _empty :=
 _space := $(_empty) $(_empty)
 SAMPLE_CONFIG_ARGS = $(subst $(_space),$(,),$(strip $(VARIANT) \
-	$(if $(LDM_WORKDIR),ldm_workdir=$(LDM_WORKDIR)) $(SAMPLE_ARGS)))
+	ldm_workdir=$(or $(LDM_WORKDIR),$(call run_dir,ldm)) $(SAMPLE_ARGS)))
 
 sample: $(VENV)/.installed
-	$(PY) -m phrase_jax.main --workdir $(RUNS_DIR)/samples$(subst $(,),_,$(VAE_SUFFIX)) \
+	$(PY) -m phrase_jax.main --workdir $(call run_dir,sample) \
 		--config experiments/sample.py:$(SAMPLE_CONFIG_ARGS)
 
 # Latents and PhraseLDM (SPEC 3-5). `make extract-latents VARIANT=cpu` encodes POP909 with
 # runs/vae_cpu into runs/latents_cpu (rerunning skips a finished extraction);
-# `make train-ldm VARIANT=lencond,cpu` trains runs/ldm_lencond_cpu on those latents (VARIANT:
+# `make train-ldm VARIANT=lencond,cpu` trains runs/ldm_lencond_cpu on runs/latents_cpu (VARIANT:
 # a condition uncond|lencond|seccond, optionally bars, and a scale cpu|runlocal; rerunning
 # resumes). LDM_ARGS adds options, e.g. LDM_ARGS=total_steps=2000,diffusion.prediction=v.
 .PHONY: extract-latents train-ldm
 LDM_ARGS ?=
-LDM_WORDS = $(subst $(,), ,$(VARIANT))
-LDM_SCALE = $(filter cpu runlocal,$(LDM_WORDS))
-LDM_RUN = $(subst $(_space),_,$(strip ldm $(or $(filter uncond lencond seccond,$(LDM_WORDS)),uncond) \
-	$(filter bars,$(LDM_WORDS)) $(LDM_SCALE)))
-LATENTS_DIR = $(RUNS_DIR)/latents$(if $(LDM_SCALE),_$(LDM_SCALE))
-LDM_CONFIG_ARGS = $(subst $(_space),$(,),$(strip $(VARIANT) latents.dir=$(LATENTS_DIR) $(LDM_ARGS)))
+LDM_CONFIG_ARGS = $(subst $(_space),$(,),$(strip $(VARIANT) \
+	latents.dir=$(call run_dir,extract) $(LDM_ARGS)))
 
 extract-latents: $(VENV)/.installed $(DATA_DIR)/pop909/manifest.json
-	$(PY) -m phrase_jax.main --workdir $(RUNS_DIR)/latents$(VAE_SUFFIX) \
-		--config experiments/extract.py:$(VAE_ARGS),vae_workdir=$(RUNS_DIR)/vae$(VAE_SUFFIX)
+	$(PY) -m phrase_jax.main --workdir $(call run_dir,extract) \
+		--config experiments/extract.py:$(VARIANT)$(,)$(DATA_ARG),vae_workdir=$(call run_dir,vae)
 
 train-ldm: $(VENV)/.installed
-	$(PY) -m phrase_jax.main --workdir $(RUNS_DIR)/$(LDM_RUN) \
+	$(PY) -m phrase_jax.main --workdir $(call run_dir,ldm) \
 		--config experiments/ldm.py:$(LDM_CONFIG_ARGS)
 
 # Generation metrics (SPEC 7) of a trained PhraseLDM against real POP909 songs: metrics.json,
 # metrics.md (with the reference's Table 5 rows) and self_similarity.png in
-# $(RUNS_DIR)/eval_<variant>. VARIANT names the LDM run as for `make sample`
+# $(RUNS_DIR)/eval_<condition>[_bars][_<scale>]. VARIANT names the LDM run as for `make sample`
 # (`make eval VARIANT=lencond,cpu` reads runs/ldm_lencond_cpu); LDM_WORKDIR=DIR reads another run;
 # EVAL_ARGS adds options, e.g. EVAL_ARGS=num_songs=50,compare.ldm_workdir=runs/ldm_uncond_cpu.
 .PHONY: eval
-LDM_WORKDIR ?=
 EVAL_ARGS ?=
 EVAL_CONFIG_ARGS = $(subst $(_space),$(,),$(strip $(VARIANT) \
-	$(if $(LDM_WORKDIR),ldm_workdir=$(LDM_WORKDIR)) $(EVAL_ARGS)))
+	ldm_workdir=$(or $(LDM_WORKDIR),$(call run_dir,ldm)) $(EVAL_ARGS)))
 
 eval: $(VENV)/.installed
-	$(PY) -m phrase_jax.main --workdir $(RUNS_DIR)/eval$(subst $(,),_,$(VAE_SUFFIX)) \
+	$(PY) -m phrase_jax.main --workdir $(call run_dir,evaluate) \
 		--config experiments/evaluate.py:$(EVAL_CONFIG_ARGS)
 
 # The whole job end to end on this machine (phrase_jax/stages/demo.py; sizes: experiments/demo.py):

@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import ml_collections
 
+from phrase_jax import config_lib
+
 DATASETS = ("chorales", "pop909")
-VARIANTS = (*DATASETS, "runlocal")
+VARIANT_GROUPS = (DATASETS, ("runlocal",))
+VARIANTS = config_lib.variant_words(VARIANT_GROUPS)
 
 # Dataset facts the stages need: the LDM's bar budget (songs longer than `max_bars` stay out
 # of the LDM corpus), the length generated songs are asked for, the melody track that the
@@ -43,17 +46,16 @@ def _stage(**values) -> ml_collections.ConfigDict:
 
 
 def get_config(arg=None):
-    variants = tuple(v for v in (arg or "").split(",") if v)
-    datasets = [v for v in variants if v in DATASETS]
-    if len(datasets) > 1:
-        raise ValueError(f"pick one dataset of {DATASETS}, got {datasets}")
-    dataset = datasets[0] if datasets else "chorales"
-    runlocal = "runlocal" in variants
+    chosen = config_lib.parse_variants(
+        arg, VARIANT_GROUPS, defaults=("chorales",), source="experiments/demo.py"
+    )
+    dataset = chosen.pick(DATASETS)
+    runlocal = "runlocal" in chosen
     facts = DATASET_FACTS[dataset]
 
     config = ml_collections.ConfigDict()
     config.dataset = dataset
-    config.pop909_dir = ""  # "" = $POP909_DIR
+    config.pop909_dir = ""  # "" = $POP909_DIR (read by the demo's entry, not here)
     config.songs = 0  # the first N songs by name (0 = all)
     config.workers = 0  # prepare's worker processes (0 = all cores)
     config.max_bars = facts["max_bars"]  # LDM slots = max_bars * slots_per_bar

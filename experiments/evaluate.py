@@ -26,17 +26,22 @@ from __future__ import annotations
 import ml_collections
 
 from experiments import sample
+from phrase_jax import config_lib
 
-VARIANTS = sample.VARIANTS  # the same words name the same LDM run
+# The same words name the same LDM run as in experiments/sample.py.
+VARIANT_GROUPS = sample.VARIANT_GROUPS
+VARIANT_DEFAULTS = sample.VARIANT_DEFAULTS
+VARIANTS = sample.VARIANTS
+RUN_KIND = "eval"
 
 
 def get_config(arg=None):
-    variants, ldm_workdir = sample.parse_variants(arg)
+    chosen = sample.ldm_variants(arg, "experiments/evaluate.py")
 
     config = ml_collections.ConfigDict()
     config.stage = "evaluate"
     config.seed = 0  # sampling noise and the choice of reference songs
-    config.ldm_workdir = ldm_workdir
+    config.ldm_workdir = config_lib.run_dir("ldm", chosen.words)
     config.ldm_step = 0  # 0 = the latest checkpoint
     config.use_ema = True
     config.latents_dir = ""  # "" = the LDM run's latents.dir
@@ -69,13 +74,13 @@ def get_config(arg=None):
     config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1)))
 
     for scale in sample.SCALES:
-        if scale in variants:
+        if scale in chosen:
             config.sampler, config.steps = sample.SCALE_SAMPLERS[scale]
-    if "cpu" in variants:
+    if "cpu" in chosen:
         config.num_songs = 20
         config.batch_size = 10
         config.decode_chunk = 512
-    elif "runlocal" in variants:
+    elif "runlocal" in chosen:
         config.num_songs = 2
         config.bars = 4
         config.batch_size = 2

@@ -4,8 +4,10 @@
     python -m phrase_jax.main --config experiments/extract.py:cpu --workdir runs/latents_cpu
     make extract-latents VARIANT=cpu
 
-The workdir becomes the latents dir that experiments/ldm.py reads (`latents.dir`). Variants
-pick the matching VAE run: (none) `runs/vae`, `cpu` `runs/vae_cpu`, `runlocal` `runs/vae_runlocal`.
+The workdir becomes the latents dir that experiments/ldm.py reads (`latents.dir`), by the
+run-name convention `runs/latents[_<scale>]`. Variants pick the matching VAE run (`vae_workdir`):
+(none) `runs/vae`, `cpu` `runs/vae_cpu`, `runlocal` `runs/vae_runlocal`; `data.dir` defaults to
+`data/pop909` (the Makefile passes its DATA_DIR).
 Re-running with the same VAE checkpoint and settings reuses the finished extraction.
 """
 
@@ -15,21 +17,24 @@ import os
 
 import ml_collections
 
-VARIANTS = ("runlocal", "cpu")
+from experiments import variants
+from phrase_jax import config_lib
+
+VARIANT_GROUPS = (variants.SCALES,)
+VARIANTS = config_lib.variant_words(VARIANT_GROUPS)
+RUN_KIND = "latents"
 
 
 def get_config(arg=None):
-    variants = tuple(v for v in (arg or "").split(",") if v)
-    if len(variants) > 1:
-        raise ValueError(f"pick one variant of {VARIANTS}, got {variants}")
+    chosen = config_lib.parse_variants(arg, VARIANT_GROUPS, source="experiments/extract.py")
     config = ml_collections.ConfigDict()
     config.stage = "extract_latents"
     config.seed = 42
-    config.vae_workdir = "_".join((os.path.join("runs", "vae"), *variants))
+    config.vae_workdir = config_lib.run_dir("vae", chosen.words)
     config.vae_checkpoint = "latest"  # latest | best (the VAE run's best/ by valid F1)
     config.data = ml_collections.ConfigDict(
         dict(
-            dir=os.environ.get("PHRASE_JAX_DATA_DIR", os.path.join("data", "pop909")),
+            dir=os.path.join("data", "pop909"),  # `make data`'s output; the Makefile passes it
             max_len=0,  # encoder length; 0 = the VAE run's own data.max_len
         )
     )
@@ -39,6 +44,6 @@ def get_config(arg=None):
     config.songs_per_shard = 128
     config.clip_percentile = 99.9
     config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1)))
-    if "runlocal" in variants:
+    if "runlocal" in chosen:
         config.batch_size = 64
     return config

@@ -19,34 +19,34 @@ steps in the Fourier features), `ema_decay=0` (no EMA), `compute_dtype=bfloat16`
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
 
-from experiments import training_defaults
+from experiments import training_defaults, variants
+from phrase_jax import config_lib
 
+# Each condition variant -> the model's conditions.
 CONDITION_VARIANTS = {"uncond": (), "lencond": ("length",), "seccond": ("sections",)}
-SCALE_VARIANTS = ("runlocal", "cpu")
-VARIANTS = (*CONDITION_VARIANTS, "bars", *SCALE_VARIANTS)
+VARIANT_GROUPS = variants.LDM_GROUPS
+VARIANT_DEFAULTS = variants.LDM_DEFAULTS
+VARIANTS = config_lib.variant_words(VARIANT_GROUPS)
+RUN_KIND = "ldm"  # runs/ldm_<condition>[_bars][_<scale>]
 
 
 def get_config(arg=None):
-    variants = tuple(v for v in (arg or "").split(",") if v)
-    picked_conditions = [v for v in variants if v in CONDITION_VARIANTS]
-    scales = [v for v in variants if v in SCALE_VARIANTS]
-    if len(picked_conditions) > 1 or len(scales) > 1:
-        raise ValueError(f"pick at most one of {tuple(CONDITION_VARIANTS)} and of {SCALE_VARIANTS}")
-    conditions = CONDITION_VARIANTS[picked_conditions[0] if picked_conditions else "uncond"]
-    if "bars" in variants:
+    chosen = config_lib.parse_variants(
+        arg, VARIANT_GROUPS, defaults=VARIANT_DEFAULTS, source="experiments/ldm.py"
+    )
+    conditions = CONDITION_VARIANTS[chosen.pick(variants.CONDITIONS)]
+    if "bars" in chosen:
         conditions += ("bars",)
     sections = "sections" in conditions
+    scales = chosen.only(variants.SCALES)
 
     config = ml_collections.ConfigDict()
     config.stage = "train_ldm"
     config.seed = 42
-    config.latents = ml_collections.ConfigDict(
-        dict(dir="_".join((os.path.join("runs", "latents"), *scales)))
-    )
+    # The latents of the VAE at the same scale (runs/latents[_<scale>], experiments/extract.py).
+    config.latents = ml_collections.ConfigDict(dict(dir=config_lib.run_dir("latents", scales)))
     config.data = ml_collections.ConfigDict(dict(num_workers=0))
     # PhraseLDMConfig fields (phrase_jax/models/dit.py); defaults = the paper model.
     config.model = ml_collections.ConfigDict(

@@ -7,11 +7,13 @@
         --workdir runs/samples_seccond
     make sample VARIANT=lencond,cpu [LDM_WORKDIR=runs/ldm_lencond_cpu] [SAMPLE_ARGS=num_songs=8]
 
-The workdir is the output folder. Variants name the LDM run to read, as experiments/ldm.py names
-its workdirs (`runs/ldm_<condition>[_bars][_<scale>]`): a condition (`uncond` default,
-`lencond`, `seccond`), `bars`, and a scale: (none) the paper's 1000-step DDPM sampler; `cpu`
-DPM-Solver++(2M) SDE with 20 steps (PhraseFID within 5% of DDPM-1000 where the ODE samplers
-are 64% above it, docs/results.md); `runlocal` 2 short songs with 4 DDIM steps (CI).
+The workdir is the output folder (`make sample` writes `runs/samples_<the same words>`).
+Variants name the LDM run to read (`ldm_workdir`) by the run-name convention that
+experiments/ldm.py's workdirs follow (`runs/ldm_<condition>[_bars][_<scale>]`): a condition
+(`uncond` default, `lencond`, `seccond`), `bars`, and a scale: (none) the paper's 1000-step
+DDPM sampler; `cpu` DPM-Solver++(2M) SDE with 20 steps (PhraseFID within 5% of DDPM-1000 where
+the ODE samplers are 64% above it, docs/results.md); `runlocal` 2 short songs with 4 DDIM
+steps (CI).
 Options: `sampler` (ddpm | ddim | dpm_solver_pp | dpm_solver_pp_sde, aliases dpmpp, dpmpp_sde),
 `steps`, `guidance_scale` (classifier-free guidance, conditional models), `bars` (0: the
 section total, else 64), `sections` (e.g. i4A8B8o4), `clip` (-1: the manifest's, 0: none),
@@ -21,36 +23,32 @@ moved runs).
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
 
-CONDITIONS = ("uncond", "lencond", "seccond")
-SCALES = ("runlocal", "cpu")
-VARIANTS = (*CONDITIONS, "bars", *SCALES)
+from experiments import variants
+from phrase_jax import config_lib
+
+VARIANT_GROUPS = variants.LDM_GROUPS
+VARIANT_DEFAULTS = variants.LDM_DEFAULTS
+VARIANTS = config_lib.variant_words(VARIANT_GROUPS)
+RUN_KIND = "samples"
+SCALES = variants.SCALES
 # Sampler and steps per scale (none: the paper's DDPM-1000); experiments/evaluate.py reads it too.
 SCALE_SAMPLERS = {"cpu": ("dpm_solver_pp_sde", 20), "runlocal": ("ddim", 4)}
 
 
-def parse_variants(arg: str | None) -> tuple[tuple[str, ...], str]:
-    """`arg` -> (its variant words, the LDM workdir they name, as `make train-ldm` writes it:
-    runs/ldm_<condition>[_bars][_<scale>])."""
-    variants = tuple(v for v in (arg or "").split(",") if v)
-    condition = [v for v in variants if v in CONDITIONS]
-    scale = [v for v in variants if v in SCALES]
-    if len(condition) > 1 or len(scale) > 1:
-        raise ValueError(f"pick at most one of {CONDITIONS} and of {SCALES}")
-    run_parts = [*(condition or ["uncond"]), *(["bars"] if "bars" in variants else []), *scale]
-    return variants, os.path.join("runs", "_".join(["ldm", *run_parts]))
+def ldm_variants(arg: str | None, source: str) -> config_lib.Variants:
+    """The words of `arg` and the LDM run they name (experiments/evaluate.py shares it)."""
+    return config_lib.parse_variants(arg, VARIANT_GROUPS, defaults=VARIANT_DEFAULTS, source=source)
 
 
 def get_config(arg=None):
-    variants, ldm_workdir = parse_variants(arg)
+    chosen = ldm_variants(arg, "experiments/sample.py")
 
     config = ml_collections.ConfigDict()
     config.stage = "sample"
     config.seed = 0
-    config.ldm_workdir = ldm_workdir
+    config.ldm_workdir = config_lib.run_dir("ldm", chosen.words)
     config.ldm_step = 0  # 0 = the latest checkpoint
     config.use_ema = True  # the EMA weights when the run kept them
     config.latents_dir = ""  # "" = the LDM run's latents.dir
@@ -71,13 +69,13 @@ def get_config(arg=None):
     config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1)))
 
     for scale in SCALES:
-        if scale in variants:
+        if scale in chosen:
             config.sampler, config.steps = SCALE_SAMPLERS[scale]
-    if "cpu" in variants:
+    if "cpu" in chosen:
         config.num_songs = 4
         config.batch_size = 4
         config.decode_chunk = 512
-    elif "runlocal" in variants:
+    elif "runlocal" in chosen:
         config.num_songs = 2
         config.bars = 4
         config.batch_size = 2

@@ -12,7 +12,9 @@ batch 128 (ref).
 
 from experiments import vae_common
 
+VARIANT_GROUPS = vae_common.VARIANT_GROUPS
 VARIANTS = vae_common.VARIANTS
+RUN_KIND = "vae"  # runs/vae[_<scale>]
 
 
 def get_config(arg=None):

@@ -12,7 +12,9 @@ workdir). The `best/` checkpoint is the one with the highest valid F1opd: stage 
 
 from experiments import vae_common
 
+VARIANT_GROUPS = vae_common.VARIANT_GROUPS
 VARIANTS = vae_common.VARIANTS
+RUN_KIND = "vae_ae"  # runs/vae_ae[_<scale>]
 
 
 def get_config(arg=None):

@@ -18,43 +18,26 @@ import os
 
 import ml_collections
 
-from experiments import training_defaults
+from experiments import training_defaults, variants
+from phrase_jax import config_lib
 
-VARIANTS = ("runlocal", "cpu")
-# Stage name -> (model mode, workdir name of the stage it starts from).
+VARIANT_GROUPS = (variants.SCALES,)
+VARIANTS = config_lib.variant_words(VARIANT_GROUPS)
+# Stage name (= its run kind: runs/vae_ae_cpu) -> the stage it starts from.
 STAGE_ORDER = {"vae_pretrain": "", "vae_ae": "vae_pretrain", "vae": "vae_ae"}
-
-
-def default_data_dir() -> str:
-    """The prepared POP909 folder: `$PHRASE_JAX_DATA_DIR` when set, else `data/pop909`."""
-    return os.environ.get("PHRASE_JAX_DATA_DIR", os.path.join("data", "pop909"))
-
-
-def run_name(stage: str, variants: tuple[str, ...]) -> str:
-    """Workdir name under runs/: `vae_ae` (paper scale), `vae_ae_cpu`, `vae_ae_runlocal`."""
-    return "_".join((stage, *variants))
-
-
-def parse_variants(arg: str | None) -> tuple[str, ...]:
-    variants = tuple(v for v in (arg or "").split(",") if v)
-    for variant in variants:
-        if variant not in VARIANTS:
-            raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
-    if len(variants) > 1:
-        raise ValueError(f"pick one variant of {VARIANTS}, got {variants}")
-    return variants
+DEFAULT_DATA_DIR = os.path.join("data", "pop909")  # `make data`'s output; the Makefile passes it
 
 
 def base_config(stage: str, model_mode: str, arg: str | None) -> ml_collections.ConfigDict:
     """The full train_vae config of `stage` (a key of STAGE_ORDER) at the scale `arg` names."""
-    variants = parse_variants(arg)
+    chosen = config_lib.parse_variants(arg, VARIANT_GROUPS, source=f"experiments/{stage}.py")
     previous = STAGE_ORDER[stage]
     config = ml_collections.ConfigDict()
     config.stage = "train_vae"
     config.mode = "train"  # train | eval (eval: evaluate a checkpoint, write eval_metrics.json)
     config.seed = 42
     # A previous stage's workdir: its parameters initialise this run when this workdir is new.
-    config.init_from = os.path.join("runs", run_name(previous, variants)) if previous else ""
+    config.init_from = config_lib.run_dir(previous, chosen.words) if previous else ""
 
     config.model = ml_collections.ConfigDict(
         dict(
@@ -78,7 +61,7 @@ def base_config(stage: str, model_mode: str, arg: str | None) -> ml_collections.
 
     config.data = ml_collections.ConfigDict(
         dict(
-            dir=default_data_dir(),
+            dir=DEFAULT_DATA_DIR,
             max_len=128,
             num_workers=0,  # Grain prefetch processes; 0 reads in the training process
             mask_ratio=0.3,  # span infill (stage 1) only
@@ -104,7 +87,7 @@ def base_config(stage: str, model_mode: str, arg: str | None) -> ml_collections.
         )
     )
 
-    if "cpu" in variants:
+    if "cpu" in chosen:
         # 2+2 layers of width 128 (0.79 M parameters). Most of the budget goes to the autoencoder
         # stage, which learns the phrase compression; span infill only warms the stacks up.
         # No dropout: a run sees a tenth of an epoch, too little to overfit, and learns faster.
@@ -122,7 +105,7 @@ def base_config(stage: str, model_mode: str, arg: str | None) -> ml_collections.
         config.log_every_steps = 50
         config.checkpoint.every_steps = 250
         config.eval.update(every_steps=250, batch_size=64, loss_batches=8, phrases=512)
-    elif "runlocal" in variants:
+    elif "runlocal" in chosen:
         config.model.update(
             d_model=32, num_heads=2, head_dim=16, d_ff=64, num_encoder_layers=1,
             num_decoder_layers=1, relative_buckets=8, relative_max_distance=32, latent_dim=8,

@@ -13,7 +13,9 @@ batch 128 (ref). Add `mode=eval` to evaluate the latest checkpoint.
 
 from experiments import vae_common
 
+VARIANT_GROUPS = vae_common.VARIANT_GROUPS
 VARIANTS = vae_common.VARIANTS
+RUN_KIND = "vae_pretrain"  # runs/vae_pretrain[_<scale>]
 
 
 def get_config(arg=None):

@@ -1,5 +1,5 @@
 """Experiment configs: `path/to/x.py[:arg]` files with `get_config(arg=None)`, typed overrides,
-per-stage validation, JSON and a stable hash.
+per-stage validation, the run-name convention, JSON and a stable hash.
 
 `arg` is a comma-separated list (big_vision style), e.g. `experiments/vae.py:runlocal,steps=10`:
 - bare words (`runlocal`) are variants: passed to `get_config` as a comma-joined string, and
@@ -7,25 +7,40 @@ per-stage validation, JSON and a stable hash.
 - `key=val` (dotted for nested keys) overrides an existing key after `get_config`, parsed to the
   type of the value it replaces; tuples are written in brackets: `mesh.shape=(-1,2)`.
 Absl `--config.x=y` overrides also work through `define_config_flag`.
+
+Experiment files parse their variant words with `parse_variants` (groups of exclusive words) and
+name the runs they read with `run_dir`: the one run-name convention, `runs/<kind>[_<word>...]`
+(variant words in the order the file's groups list them), that the Makefile reaches through
+`python -m phrase_jax.config_lib experiments/x.py:variants` (prints the run's directory).
+
+Mistakes a user can fix raise `ConfigError` (a bad key, value or variant) or `MissingInput` (a
+file or folder a config names is absent): both are `errors.UserError`, so `phrase_jax.main`
+prints them as one line, and a `ValueError` / `FileNotFoundError` for callers that catch those.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
+import functools
 import hashlib
 import importlib.util
 import json
 import os
-from collections.abc import Mapping
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
+from phrase_jax import errors
+
 TRAIN_STAGES = ("train_vae", "train_ldm")
-STAGES = ("train_vae", "extract_latents", "train_ldm", "sample", "evaluate")
+STAGES = ("prepare", "train_vae", "extract_latents", "train_ldm", "sample", "evaluate")
 VAE_MODES = ("span_infill", "autoencoder", "vae")
 # Keys the training infrastructure reads (training/*.py); stage code may require more.
 TRAIN_KEYS = (
@@ -34,12 +49,91 @@ TRAIN_KEYS = (
     "checkpoint.every_steps", "checkpoint.max_to_keep",
 )  # fmt: skip
 REQUIRED_KEYS = {
+    "prepare": (),
     "train_vae": TRAIN_KEYS + ("model.mode",),
     "train_ldm": TRAIN_KEYS,
     "extract_latents": ("seed",),
     "sample": ("seed",),
     "evaluate": ("seed",),
 }
+
+RUNS_DIR = "runs"
+
+
+class ConfigError(errors.UserError, ValueError):
+    """A config key, value or variant word that the user can correct (one-line message)."""
+
+
+class MissingInput(errors.UserError, FileNotFoundError):
+    """A file or folder that a config names does not exist (one-line message)."""
+
+
+def _closest(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.5)
+    return f" (closest: {', '.join(close)})" if close else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Variants:
+    """The variant words of an experiment arg, one per group at most, in the groups' order
+    (a group's default filled in when the arg names none of its words)."""
+
+    words: tuple[str, ...]
+
+    def __contains__(self, word: str) -> bool:
+        return word in self.words
+
+    def pick(self, group: Sequence[str]) -> str | None:
+        """The word of `group` that was chosen (or defaulted), else None."""
+        return next((w for w in self.words if w in group), None)
+
+    def only(self, *groups: Sequence[str]) -> tuple[str, ...]:
+        """The chosen words that belong to `groups`: the words naming an upstream run."""
+        return tuple(w for w in self.words if any(w in g for g in groups))
+
+
+def parse_variants(
+    arg: str | None,
+    groups: Sequence[Sequence[str]],
+    *,
+    defaults: Sequence[str] = (),
+    source: str = "",
+) -> Variants:
+    """The variant words of `arg` ("lencond,cpu"), checked against `groups`: each group is a
+    tuple of exclusive words (a one-word group is an on/off switch); a word of `defaults` is
+    chosen for its group when the arg names none of that group's words. Unknown words and two
+    words of one group raise `ConfigError`. The one variant parser of every experiment file."""
+    where = f" for {source}" if source else ""
+    known = variant_words(groups)
+    words = [w.strip() for w in (arg or "").split(",") if w.strip()]
+    for word in words:
+        if word not in known:
+            raise ConfigError(
+                f"unknown variant {word!r}{where}; known: {', '.join(known)}{_closest(word, known)}"
+            )
+    chosen = []
+    for group in groups:
+        picked = list(dict.fromkeys(w for w in words if w in group))
+        if len(picked) > 1:
+            raise ConfigError(f"variants {picked}{where}: pick at most one of {tuple(group)}")
+        chosen.extend(picked or [w for w in defaults if w in group][:1])
+    return Variants(tuple(chosen))
+
+
+def variant_words(groups: Sequence[Sequence[str]]) -> tuple[str, ...]:
+    """Every word of `groups`, in order: an experiment file's VARIANTS."""
+    return tuple(word for group in groups for word in group)
+
+
+def run_name(kind: str, words: Iterable[str] = ()) -> str:
+    """The run-name convention: `kind` then each variant word, joined by `_`:
+    run_name("ldm", ("lencond", "cpu")) == "ldm_lencond_cpu"; run_name("vae") == "vae"."""
+    return "_".join((kind, *(w for w in words if w)))
+
+
+def run_dir(kind: str, words: Iterable[str] = (), runs_dir: str = RUNS_DIR) -> str:
+    """`runs_dir/run_name(kind, words)`: where the Makefile and the configs put that run."""
+    return os.path.join(runs_dir, run_name(kind, words))
 
 
 def split_arg(arg: str | None) -> tuple[tuple[str, ...], dict[str, str]]:
@@ -90,7 +184,7 @@ def parse_value(raw: str, current: Any, key: str) -> Any:
     """`raw` parsed to the type of `current` (the value it replaces)."""
 
     def fail(kind):
-        return ValueError(f"config override {key}={raw!r}: expected {kind}")
+        return ConfigError(f"config override {key}={raw!r}: expected {kind}")
 
     if isinstance(current, bool):
         lowered = raw.lower()
@@ -124,14 +218,19 @@ def parse_value(raw: str, current: Any, key: str) -> Any:
     return value
 
 
+def check_known_key(key: str, known: Sequence[str], source: str) -> None:
+    """Raises `ConfigError` naming the closest keys when `key` is not one of `known`."""
+    if key not in known:
+        close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+        hint = f"closest: {', '.join(close)}" if close else "see get_config() for the keys"
+        raise ConfigError(f"unknown config key {key!r} in {source}; {hint}")
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, str], source: str):
     """Sets each dotted key to its typed value; unknown keys raise naming the closest ones."""
     known = flat_keys(config)
     for key, raw in overrides.items():
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
-            hint = f"closest: {', '.join(close)}" if close else "see get_config() for the keys"
-            raise KeyError(f"unknown config key {key!r} in {source}; {hint}")
+        check_known_key(key, known, source)
         *parents, leaf = key.split(".")
         node = config
         for parent in parents:
@@ -139,25 +238,30 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, s
         node[leaf] = parse_value(raw, node[leaf], key)
 
 
-def load_experiment(spec: str, *, lock: bool = True) -> ml_collections.ConfigDict:
-    """Loads `path/to/x.py[:arg]` (see the module docstring) and returns its locked config."""
-    path, _, arg = spec.partition(":")
+def load_module(path: str):
+    """The experiment file at `path` as a module (it may import `experiments.*`)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"experiment file {path} not found; pass path/to/x.py[:args]")
+        raise ConfigError(f"experiment file {path} not found; pass path/to/x.py[:args]")
     name = "experiment_" + os.path.splitext(os.path.basename(path))[0]
     module_spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise AttributeError(f"experiment file {path} has no get_config(arg=None)")
+    return module
+
+
+def load_experiment(spec: str, *, lock: bool = True) -> ml_collections.ConfigDict:
+    """Loads `path/to/x.py[:arg]` (see the module docstring) and returns its locked config."""
+    path, _, arg = spec.partition(":")
+    module = load_module(path)
     variants, overrides = split_arg(arg)
     known_variants = getattr(module, "VARIANTS", None)
     for variant in variants:
         if known_variants is not None and variant not in known_variants:
-            close = difflib.get_close_matches(variant, known_variants, n=3)
-            raise ValueError(
+            raise ConfigError(
                 f"unknown variant {variant!r} for {path}; known: {', '.join(known_variants)}"
-                + (f" (closest: {', '.join(close)})" if close else "")
+                + _closest(variant, known_variants)
             )
     config = module.get_config(",".join(variants)) if variants else module.get_config()
     if not isinstance(config, ml_collections.ConfigDict):
@@ -171,12 +275,22 @@ def load_experiment(spec: str, *, lock: bool = True) -> ml_collections.ConfigDic
 class ExperimentFileParser(flags.ArgumentParser):
     """absl parser for `--config=x.py:args` that applies `load_experiment`'s arg rules."""
 
-    def __init__(self, name: str, lock_config: bool = True):
+    def __init__(self, name: str, lock_config: bool = True, sys_argv: list[str] | None = None):
         self.name = name
         self._lock_config = lock_config
+        self._sys_argv = sys_argv  # None: sys.argv, read at parse time like config_flags does
 
     def parse(self, argument):
-        return load_experiment(argument, lock=self._lock_config)
+        config = load_experiment(argument, lock=self._lock_config)
+        # ml_collections reports an unknown `--config.key` as a multi-line AttributeError; we
+        # check those keys here, where a ValueError becomes absl's one-line flag error.
+        known = flat_keys(config)
+        prefix = re.compile(rf"^--?(?:no)?{re.escape(self.name)}\.([^=]+)")
+        for arg in self._sys_argv if self._sys_argv is not None else sys.argv:
+            match = prefix.match(arg)
+            if match and not any(k.startswith(match.group(1) + ".") for k in known):
+                check_known_key(match.group(1), known, f"--{self.name}.{match.group(1)}")
+        return config
 
     def flag_type(self):
         return "config object"
@@ -190,7 +304,9 @@ def define_config_flag(
     holder = config_flags.DEFINE_config_file(name, None, flag_values=flag_values, **kwargs)
     # DEFINE_config_file passes the whole arg to get_config; our parser splits variants from
     # typed overrides first. The flag has no default, so nothing was parsed before this swap.
-    flag_values[name].parser = ExperimentFileParser(name=name, lock_config=True)
+    flag_values[name].parser = ExperimentFileParser(
+        name=name, lock_config=True, sys_argv=kwargs.get("sys_argv")
+    )
     return holder
 
 
@@ -202,10 +318,11 @@ def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Checks the keys `config.stage` needs and their ranges; raises one-line ValueErrors."""
+    """Checks the keys `config.stage` needs and the training keys' ranges; raises one-line
+    `ConfigError`s. Each stage checks its own keys too (its `validate_config`)."""
     stage = config.get("stage")
     if stage not in STAGES:
-        raise ValueError(f"config stage={stage!r}: choose one of {STAGES}")
+        raise ConfigError(f"config stage={stage!r}: choose one of {STAGES}")
     missing = []
     for key in REQUIRED_KEYS[stage]:
         try:
@@ -213,16 +330,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         except (KeyError, AttributeError):
             missing.append(key)
     if missing:
-        raise ValueError(f"config for stage {stage!r} is missing keys: {', '.join(missing)}")
-    if stage == "train_vae" and config.model.mode not in VAE_MODES:
-        raise ValueError(f"config model.mode={config.model.mode!r}: choose one of {VAE_MODES}")
+        raise ConfigError(f"config for stage {stage!r} is missing keys: {', '.join(missing)}")
+    if stage == "train_vae":
+        require(config, "model.mode", lambda v: v in VAE_MODES, f"choose one of {VAE_MODES}")
     if stage not in TRAIN_STAGES:
         return
-
-    def check(key, ok, what):
-        value = _get(config, key)
-        if not ok(value):
-            raise ValueError(f"config {key}={value!r}: {what}")
+    check = functools.partial(require, config)
 
     positive = lambda v: v > 0  # noqa: E731
     for key in ("total_steps", "batch_size", "log_every_steps", "checkpoint.every_steps"):
@@ -236,13 +349,29 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check("mesh.shape", lambda v: len(v) == 2 and list(v).count(-1) <= 1, "(data, model), one -1")
     optim = config.optim
     if optim.get("warmup_steps", 0) >= config.total_steps or optim.get("warmup_steps", 0) < 0:
-        raise ValueError(f"config optim.warmup_steps={optim.warmup_steps}: in [0, total_steps)")
+        raise ConfigError(f"config optim.warmup_steps={optim.warmup_steps}: in [0, total_steps)")
     for key in ("weight_decay", "grad_clip_norm"):
         if optim.get(key, 0.0) < 0:
-            raise ValueError(f"config optim.{key}={optim[key]}: must be >= 0")
+            raise ConfigError(f"config optim.{key}={optim[key]}: must be >= 0")
     for key in ("b1", "b2"):
         if not 0.0 <= optim.get(key, 0.9) < 1.0:
-            raise ValueError(f"config optim.{key}={optim[key]}: must be in [0, 1)")
+            raise ConfigError(f"config optim.{key}={optim[key]}: must be in [0, 1)")
+
+
+def require(config: ml_collections.ConfigDict, key: str, ok: Callable[[Any], bool], what: str):
+    """Raises `ConfigError("config key=value: what")` unless `ok(value)`; for stage validators."""
+    value = _get(config, key)
+    if not ok(value):
+        raise ConfigError(f"config {key}={value!r}: {what}")
+
+
+def require_file(config: ml_collections.ConfigDict, key: str, name: str, what_to_do: str):
+    """Raises `MissingInput` unless the folder that `key` names holds `name` ("" = the folder
+    itself); `what_to_do` completes the message, e.g. "run `make data` first"."""
+    folder = str(_get(config, key))
+    path = os.path.join(folder, name) if name else folder
+    if not folder or not os.path.exists(path):
+        raise MissingInput(f"{path or repr(folder)} not found: {key}={folder!r}; {what_to_do}")
 
 
 def _lists_to_tuples(value):
@@ -267,3 +396,28 @@ def config_hash(config: ml_collections.ConfigDict) -> str:
     """First 16 hex digits of the sha256 of the canonical JSON: same settings, same hash."""
     canonical = json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def experiment_run_dir(spec: str, runs_dir: str = RUNS_DIR) -> str:
+    """The directory the run-name convention gives the run of `spec` ("experiments/ldm.py:
+    lencond,cpu" -> runs/ldm_lencond_cpu): `runs_dir/<file's RUN_KIND>[_<word>...]` with the
+    words its VARIANT_GROUPS choose (VARIANT_DEFAULTS filled in). Key=val parts and words the
+    file does not know (an LDM condition given to extract.py) are ignored, so one VARIANT names
+    a run and the runs it reads."""
+    path, _, arg = spec.partition(":")
+    module = load_module(path)
+    groups = module.VARIANT_GROUPS
+    words = [w for w in split_arg(arg)[0] if w in variant_words(groups)]
+    variants = parse_variants(
+        ",".join(words), groups, defaults=getattr(module, "VARIANT_DEFAULTS", ()), source=path
+    )
+    return run_dir(module.RUN_KIND, variants.words, runs_dir)
+
+
+if __name__ == "__main__":
+    # `python -m phrase_jax.config_lib [--runs_dir=DIR] experiments/x.py[:variants]`: the run
+    # directory of each spec, one a line (the Makefile's names for workdirs and upstream runs).
+    args = sys.argv[1:]
+    runs = next((a.split("=", 1)[1] for a in args if a.startswith("--runs_dir=")), RUNS_DIR)
+    for experiment_spec in (a for a in args if not a.startswith("--runs_dir=")):
+        print(experiment_run_dir(experiment_spec, runs))

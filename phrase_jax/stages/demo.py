@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging as std_logging
 import os
 import pathlib
 import resource
@@ -39,17 +38,16 @@ import time
 from collections.abc import Callable
 
 import ml_collections
-from absl import app, flags, logging
+from absl import app, flags
 
 from data_pipelines import datasets, prepare, sources
-from phrase_jax import config_lib
+from phrase_jax import config_lib, logs
 from phrase_jax import main as stage_main
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 EXPERIMENTS = REPO / "experiments"
 DEMO_EXPERIMENT = EXPERIMENTS / "demo.py"
 DEMO_JSON = "demo.json"
-PROJECT_DIRS = tuple(str(REPO / name) + os.sep for name in ("phrase_jax", "data_pipelines"))
 REPORT_FILES = ("metrics.md", "metrics.json", "self_similarity.png")
 
 
@@ -275,15 +273,7 @@ _SETTINGS = flags.DEFINE_string(
     "settings", "", "Variants and key=val overrides of experiments/demo.py, comma-joined, e.g. "
     "runlocal or ldm.total_steps=2000.",
 )  # fmt: skip
-_VERBOSE = flags.DEFINE_boolean("verbose", False, "Also show the libraries' INFO logs (orbax).")
-
-
-class _ProjectInfoOnly(std_logging.Filter):
-    """Keeps this repository's INFO lines (stage progress) and every warning; drops library
-    chatter (orbax logs each checkpoint save in a dozen lines), unless --verbose."""
-
-    def filter(self, record: std_logging.LogRecord) -> bool:
-        return record.levelno >= std_logging.WARNING or record.pathname.startswith(PROJECT_DIRS)
+# --verbose (also show the libraries' INFO logs) is phrase_jax.main's flag, defined on import.
 
 
 def main(argv):
@@ -296,9 +286,7 @@ def main(argv):
         raise app.UsageError(str(error)) from None
     if _POP909_DIR.value:
         demo.pop909_dir = _POP909_DIR.value
-    logging.set_verbosity(logging.INFO)
-    if not _VERBOSE.value:
-        logging.get_absl_handler().addFilter(_ProjectInfoOnly())
+    logs.show_project_info(verbose=flags.FLAGS.verbose)
     print(f"[demo] dataset {dataset} ({why}); output folder {os.path.abspath(_OUT.value)}")
     run_demo(demo, _OUT.value, log=lambda line: print(line, flush=True))
 

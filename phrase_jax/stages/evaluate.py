@@ -34,6 +34,7 @@ import numpy as np
 from absl import logging
 
 from data_pipelines import ldm_pipeline, sources
+from phrase_jax import config_lib
 from phrase_jax.evaluation import fid, generation, memorisation, note_stats, structure
 from phrase_jax.music import layout
 from phrase_jax.music.events import Song
@@ -247,8 +248,23 @@ def _json_ready(value):
     return value
 
 
+def validate_config(config) -> None:
+    """This stage's own keys and the LDM runs, before anything is loaded (main calls it before
+    the workdir is touched, `run` again at its top)."""
+    settings = sample.settings_from_config(config)
+    sample.check_settings(settings)
+    compared = comparison_settings(config, settings)
+    if compared is not None:
+        sample.check_settings(compared)
+    config_lib.require(config, "reference_songs", lambda v: v >= 1, "must be >= 1")
+    sample.require_ldm_run(config)
+    if config.compare.ldm_workdir:
+        sample.require_ldm_run(config, "compare.ldm_workdir")
+
+
 def run(config, workdir: str) -> dict:
     """Evaluates the configured LDM into `workdir`; returns the metrics.json dict."""
+    validate_config(config)
     started = time.monotonic()
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)

@@ -192,9 +192,31 @@ def _collect_songs(data_dir: str, splits, slots_per_bar: int, max_slots: int):
     return by_split, skipped
 
 
+def validate_config(config) -> None:
+    """This stage's own keys and inputs, before anything is loaded (main calls it before the
+    workdir is touched, `run` again at its top)."""
+    config_lib.require(
+        config, "vae_checkpoint", lambda v: v in vae_loading.CHECKPOINT_CHOICES,
+        f"choose one of {vae_loading.CHECKPOINT_CHOICES}",
+    )  # fmt: skip
+    config_lib.require(config, "splits", lambda v: "train" in v, "must include train (the scale)")
+    for key in ("batch_size", "max_slots", "songs_per_shard"):
+        config_lib.require(config, key, lambda v: v >= 1, "must be >= 1")
+    config_lib.require(config, "clip_percentile", lambda v: 0 < v <= 100, "in (0, 100]")
+    config_lib.require_file(
+        config, "data.dir", "manifest.json",
+        "prepare the data first (make data, or the prepare stage) or set data.dir",
+    )  # fmt: skip
+    config_lib.require_file(
+        config, "vae_workdir", "config.json",
+        "train the VAE first (make train-vae) or set vae_workdir to a train_vae run",
+    )  # fmt: skip
+
+
 def run(config, workdir: str) -> dict:
     """Extracts (or, when up to date, reuses) the latents of `config.vae_workdir`; returns the
     manifest dict."""
+    validate_config(config)
     started = time.monotonic()
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)

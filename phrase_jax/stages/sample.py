@@ -36,6 +36,7 @@ import numpy as np
 from absl import logging
 
 from data_pipelines import datasets
+from phrase_jax import config_lib
 from phrase_jax.diffusion import samplers
 from phrase_jax.music import layout
 from phrase_jax.music.events import Song
@@ -110,7 +111,7 @@ def parse_sections(text: str) -> list[tuple[str, int]]:
     try:
         return datasets.parse_section_label(text)
     except ValueError as error:
-        raise ValueError(f"config sections={text!r}: {error}") from error
+        raise config_lib.ConfigError(f"config sections={text!r}: {error}") from error
 
 
 def resolve_length(settings: SampleSettings, max_bars: int) -> tuple[int, list]:
@@ -176,17 +177,11 @@ def generate(
     model_config = ldm.model.config
     n_slots, latent_dim = model_config.n_slots, model_config.latent_dim
     slots_per_bar = int(manifest["slots_per_bar"])
-    method = SAMPLER_ALIASES.get(settings.sampler, settings.sampler)
-    if method not in samplers.METHODS:
-        raise ValueError(f"config sampler={settings.sampler!r}: one of {samplers.METHODS}")
-    if not 1 <= settings.steps <= ldm.schedule.num_steps:
-        raise ValueError(f"config steps={settings.steps}: in 1..{ldm.schedule.num_steps}")
-    if settings.num_songs < 1 or settings.batch_size < 1 or settings.decode_chunk < 1:
-        raise ValueError("config num_songs, batch_size and decode_chunk must be >= 1")
-    if settings.end not in END_RULES:
-        raise ValueError(f"config end={settings.end!r}: one of {END_RULES}")
-    if settings.decode_slots not in DECODE_SLOTS:
-        raise ValueError(f"config decode_slots={settings.decode_slots!r}: one of {DECODE_SLOTS}")
+    method = check_settings(settings)
+    if settings.steps > ldm.schedule.num_steps:
+        raise config_lib.ConfigError(
+            f"config steps={settings.steps}: in 1..{ldm.schedule.num_steps}"
+        )
     bars, sections = resolve_length(settings, n_slots // slots_per_bar)
     conds = condition_arrays(ldm, bars, sections)
     # A 10-bar length bucket does not fix the length; exact bars or a section string do.
@@ -312,6 +307,47 @@ def generate(
     return songs, {"settings": used, "totals": totals, "timings": timings, "songs": summaries}
 
 
+def check_settings(settings: SampleSettings) -> str:
+    """The checks that need no model (sampler, steps, counts, end rule, decode slots, sections);
+    returns the sampler's method name (aliases resolved)."""
+    method = SAMPLER_ALIASES.get(settings.sampler, settings.sampler)
+    if method not in samplers.METHODS:
+        raise config_lib.ConfigError(
+            f"config sampler={settings.sampler!r}: one of {samplers.METHODS} "
+            f"(or {', '.join(SAMPLER_ALIASES)})"
+        )
+    if settings.steps < 1:
+        raise config_lib.ConfigError(f"config steps={settings.steps}: must be >= 1")
+    if settings.num_songs < 1 or settings.batch_size < 1 or settings.decode_chunk < 1:
+        raise config_lib.ConfigError("config num_songs, batch_size and decode_chunk must be >= 1")
+    if settings.end not in END_RULES:
+        raise config_lib.ConfigError(f"config end={settings.end!r}: one of {END_RULES}")
+    if settings.decode_slots not in DECODE_SLOTS:
+        raise config_lib.ConfigError(
+            f"config decode_slots={settings.decode_slots!r}: one of {DECODE_SLOTS}"
+        )
+    if settings.bars < 0:
+        raise config_lib.ConfigError(f"config bars={settings.bars}: 0 (default) or more")
+    if settings.sections:
+        parse_sections(settings.sections)
+    return method
+
+
+def require_ldm_run(config, key: str = "ldm_workdir") -> None:
+    """The LDM run that `key` names exists (its config.json), before anything is loaded."""
+    config_lib.require_file(
+        config, key, "config.json",
+        f"train that LDM first (make train-ldm) or set {key} to a train_ldm run",
+    )  # fmt: skip
+
+
+def validate_config(config) -> None:
+    """This stage's own keys and the LDM run, before anything is loaded (main calls it before
+    the workdir is touched, `run` again at its top)."""
+    check_settings(settings_from_config(config))
+    require_ldm_run(config)
+
+
 def settings_from_config(config) -> SampleSettings:
     return SampleSettings(
         num_songs=config.num_songs,
@@ -331,6 +367,7 @@ def settings_from_config(config) -> SampleSettings:
 
 def run(config, workdir: str) -> dict:
     """Generates the songs of `config` into `workdir`; returns the samples.json dict."""
+    validate_config(config)
     started = time.monotonic()
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)

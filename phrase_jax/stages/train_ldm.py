@@ -25,6 +25,7 @@ from absl import logging
 from flax import nnx
 
 from data_pipelines import ldm_pipeline
+from phrase_jax import config_lib
 from phrase_jax.diffusion import losses, schedules
 from phrase_jax.models import conditions, dit
 from phrase_jax.training import checkpointing, loop, metrics, optim, sharding, train_state
@@ -188,8 +189,22 @@ def config_lists(mapping) -> dict:
     }
 
 
+def validate_config(config) -> None:
+    """This stage's own keys and its latents, before anything is loaded (main calls it before
+    the workdir is touched, `run` again at its top)."""
+    config_lib.require(
+        config, "diffusion.prediction", lambda v: v in losses.PREDICTIONS,
+        f"one of {losses.PREDICTIONS}",
+    )  # fmt: skip
+    config_lib.require_file(
+        config, "latents.dir", "manifest.json",
+        "extract the latents first (make extract-latents) or set latents.dir",
+    )  # fmt: skip
+
+
 def run(config, workdir: str) -> dict[str, float] | None:
     """Trains the PhraseLDM of `config` in `workdir` (resuming); returns the last eval metrics."""
+    validate_config(config)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     manifest = ldm_pipeline.read_manifest(config.latents.dir)

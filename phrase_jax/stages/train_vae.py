@@ -77,7 +77,7 @@ def warm_start(config, spec, state, mesh):
     source_dir = _checkpointed_dir(source_workdir)
     config_path = os.path.join(source_workdir, "config.json")
     if source_dir is None or not os.path.exists(config_path):
-        raise FileNotFoundError(
+        raise config_lib.MissingInput(
             f"config init_from={config.init_from!r}: no checkpoint or config.json there; train "
             "the previous stage first, or set init_from='' to start from scratch"
         )
@@ -202,14 +202,27 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
     return report
 
 
+def validate_config(config) -> None:
+    """This stage's own keys and its data folder, before anything is loaded (main calls it
+    before the workdir is touched, `run` again at its top)."""
+    if "mode" in config:
+        config_lib.require(config, "mode", lambda v: v in RUN_MODES, f"choose one of {RUN_MODES}")
+    config_lib.require(
+        config, "eval.checkpoint", lambda v: v in ("latest", "best"), "latest or best"
+    )
+    config_lib.require_file(
+        config, "data.dir", "manifest.json",
+        "prepare the data first (make data, or the prepare stage) or set data.dir",
+    )  # fmt: skip
+
+
 def run(config, workdir: str) -> dict[str, float] | None:
     """Trains (mode train, resuming from `workdir`) or evaluates (mode eval) one VAE stage.
 
     Returns the last valid metrics (train) or the eval report (eval).
     """
+    validate_config(config)
     run_mode = config.get("mode", "train")
-    if run_mode not in RUN_MODES:
-        raise ValueError(f"config mode={run_mode!r}: choose one of {RUN_MODES}")
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     _write_vocab(workdir)
