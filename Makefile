@@ -48,14 +48,14 @@ data-chorales: $(VENV)/.installed
 	$(PY) -m data_pipelines.prepare --dataset chorales --out_dir $(DATA_DIR)/chorales \
 		--workers $(WORKERS)
 
-# The run-name convention (phrase_jax/config_lib.py, `run_dir`): the run of experiments/<x>.py
+# The run-name convention (phrase_jax/run_names.py): the run of experiments/<x>.py
 # at variant words W lives in $(RUNS_DIR)/<its RUN_KIND>[_<word of W>...], e.g. runs/vae_cpu,
 # runs/latents_cpu, runs/ldm_lencond_cpu, runs/samples_lencond_cpu; the experiment files name
 # their upstream runs by the same rule. `$(call run_dir,x)` asks the library; words x does not
 # know are left out (`lencond` names an LDM run, not the latents it reads).
 VARIANT ?=
 , := ,
-run_dir = $(shell $(PY) -m phrase_jax.config_lib --runs_dir=$(RUNS_DIR) experiments/$(1).py:$(VARIANT))
+run_dir = $(shell $(PY) -m phrase_jax.run_names --runs_dir=$(RUNS_DIR) experiments/$(1).py:$(VARIANT))
 DATA_ARG := data.dir=$(DATA_DIR)/pop909
 
 # The three PhraseVAE stages in order on POP909 (SPEC 2), each from the previous workdir:

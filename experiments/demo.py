@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import ml_collections
 
-from phrase_jax import config_lib
+from phrase_jax import run_names
 
 DATASETS = ("chorales", "pop909")
 VARIANT_GROUPS = (DATASETS, ("runlocal",))
-VARIANTS = config_lib.variant_words(VARIANT_GROUPS)
+VARIANTS = run_names.variant_words(VARIANT_GROUPS)
 
 # Dataset facts the stages need: the LDM's bar budget (songs longer than `max_bars` stay out
 # of the LDM corpus), the length generated songs are asked for, the melody track that the
@@ -46,7 +46,7 @@ def _stage(**values) -> ml_collections.ConfigDict:
 
 
 def get_config(arg=None):
-    chosen = config_lib.parse_variants(
+    chosen = run_names.parse_variants(
         arg, VARIANT_GROUPS, defaults=("chorales",), source="experiments/demo.py"
     )
     dataset = chosen.pick(DATASETS)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import ml_collections
 
 from experiments import sample
-from phrase_jax import config_lib
+from phrase_jax import run_names
 
 # The same words name the same LDM run as in experiments/sample.py.
 VARIANT_GROUPS = sample.VARIANT_GROUPS
@@ -41,7 +41,7 @@ def get_config(arg=None):
     config = ml_collections.ConfigDict()
     config.stage = "evaluate"
     config.seed = 0  # sampling noise and the choice of reference songs
-    config.ldm_workdir = config_lib.run_dir("ldm", chosen.words)
+    config.ldm_workdir = run_names.run_dir("ldm", chosen.words)
     config.ldm_step = 0  # 0 = the latest checkpoint
     config.use_ema = True
     config.latents_dir = ""  # "" = the LDM run's latents.dir

@@ -18,19 +18,19 @@ import os
 import ml_collections
 
 from experiments import variants
-from phrase_jax import config_lib
+from phrase_jax import run_names
 
 VARIANT_GROUPS = (variants.SCALES,)
-VARIANTS = config_lib.variant_words(VARIANT_GROUPS)
+VARIANTS = run_names.variant_words(VARIANT_GROUPS)
 RUN_KIND = "latents"
 
 
 def get_config(arg=None):
-    chosen = config_lib.parse_variants(arg, VARIANT_GROUPS, source="experiments/extract.py")
+    chosen = run_names.parse_variants(arg, VARIANT_GROUPS, source="experiments/extract.py")
     config = ml_collections.ConfigDict()
     config.stage = "extract_latents"
     config.seed = 42
-    config.vae_workdir = config_lib.run_dir("vae", chosen.words)
+    config.vae_workdir = run_names.run_dir("vae", chosen.words)
     config.vae_checkpoint = "latest"  # latest | best (the VAE run's best/ by valid F1)
     config.data = ml_collections.ConfigDict(
         dict(

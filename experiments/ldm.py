@@ -22,18 +22,18 @@ from __future__ import annotations
 import ml_collections
 
 from experiments import training_defaults, variants
-from phrase_jax import config_lib
+from phrase_jax import run_names
 
 # Each condition variant -> the model's conditions.
 CONDITION_VARIANTS = {"uncond": (), "lencond": ("length",), "seccond": ("sections",)}
 VARIANT_GROUPS = variants.LDM_GROUPS
 VARIANT_DEFAULTS = variants.LDM_DEFAULTS
-VARIANTS = config_lib.variant_words(VARIANT_GROUPS)
+VARIANTS = run_names.variant_words(VARIANT_GROUPS)
 RUN_KIND = "ldm"  # runs/ldm_<condition>[_bars][_<scale>]
 
 
 def get_config(arg=None):
-    chosen = config_lib.parse_variants(
+    chosen = run_names.parse_variants(
         arg, VARIANT_GROUPS, defaults=VARIANT_DEFAULTS, source="experiments/ldm.py"
     )
     conditions = CONDITION_VARIANTS[chosen.pick(variants.CONDITIONS)]
@@ -46,7 +46,7 @@ def get_config(arg=None):
     config.stage = "train_ldm"
     config.seed = 42
     # The latents of the VAE at the same scale (runs/latents[_<scale>], experiments/extract.py).
-    config.latents = ml_collections.ConfigDict(dict(dir=config_lib.run_dir("latents", scales)))
+    config.latents = ml_collections.ConfigDict(dict(dir=run_names.run_dir("latents", scales)))
     config.data = ml_collections.ConfigDict(dict(num_workers=0))
     # PhraseLDMConfig fields (phrase_jax/models/dit.py); defaults = the paper model.
     config.model = ml_collections.ConfigDict(

@@ -26,20 +26,20 @@ from __future__ import annotations
 import ml_collections
 
 from experiments import variants
-from phrase_jax import config_lib
+from phrase_jax import run_names
 
 VARIANT_GROUPS = variants.LDM_GROUPS
 VARIANT_DEFAULTS = variants.LDM_DEFAULTS
-VARIANTS = config_lib.variant_words(VARIANT_GROUPS)
+VARIANTS = run_names.variant_words(VARIANT_GROUPS)
 RUN_KIND = "samples"
 SCALES = variants.SCALES
 # Sampler and steps per scale (none: the paper's DDPM-1000); experiments/evaluate.py reads it too.
 SCALE_SAMPLERS = {"cpu": ("dpm_solver_pp_sde", 20), "runlocal": ("ddim", 4)}
 
 
-def ldm_variants(arg: str | None, source: str) -> config_lib.Variants:
+def ldm_variants(arg: str | None, source: str) -> run_names.Variants:
     """The words of `arg` and the LDM run they name (experiments/evaluate.py shares it)."""
-    return config_lib.parse_variants(arg, VARIANT_GROUPS, defaults=VARIANT_DEFAULTS, source=source)
+    return run_names.parse_variants(arg, VARIANT_GROUPS, defaults=VARIANT_DEFAULTS, source=source)
 
 
 def get_config(arg=None):
@@ -48,7 +48,7 @@ def get_config(arg=None):
     config = ml_collections.ConfigDict()
     config.stage = "sample"
     config.seed = 0
-    config.ldm_workdir = config_lib.run_dir("ldm", chosen.words)
+    config.ldm_workdir = run_names.run_dir("ldm", chosen.words)
     config.ldm_step = 0  # 0 = the latest checkpoint
     config.use_ema = True  # the EMA weights when the run kept them
     config.latents_dir = ""  # "" = the LDM run's latents.dir

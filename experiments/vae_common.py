@@ -19,10 +19,10 @@ import os
 import ml_collections
 
 from experiments import training_defaults, variants
-from phrase_jax import config_lib
+from phrase_jax import run_names
 
 VARIANT_GROUPS = (variants.SCALES,)
-VARIANTS = config_lib.variant_words(VARIANT_GROUPS)
+VARIANTS = run_names.variant_words(VARIANT_GROUPS)
 # Stage name (= its run kind: runs/vae_ae_cpu) -> the stage it starts from.
 STAGE_ORDER = {"vae_pretrain": "", "vae_ae": "vae_pretrain", "vae": "vae_ae"}
 DEFAULT_DATA_DIR = os.path.join("data", "pop909")  # `make data`'s output; the Makefile passes it
@@ -30,14 +30,14 @@ DEFAULT_DATA_DIR = os.path.join("data", "pop909")  # `make data`'s output; the M
 
 def base_config(stage: str, model_mode: str, arg: str | None) -> ml_collections.ConfigDict:
     """The full train_vae config of `stage` (a key of STAGE_ORDER) at the scale `arg` names."""
-    chosen = config_lib.parse_variants(arg, VARIANT_GROUPS, source=f"experiments/{stage}.py")
+    chosen = run_names.parse_variants(arg, VARIANT_GROUPS, source=f"experiments/{stage}.py")
     previous = STAGE_ORDER[stage]
     config = ml_collections.ConfigDict()
     config.stage = "train_vae"
     config.mode = "train"  # train | eval (eval: evaluate a checkpoint, write eval_metrics.json)
     config.seed = 42
     # A previous stage's workdir: its parameters initialise this run when this workdir is new.
-    config.init_from = config_lib.run_dir(previous, chosen.words) if previous else ""
+    config.init_from = run_names.run_dir(previous, chosen.words) if previous else ""
 
     config.model = ml_collections.ConfigDict(
         dict(

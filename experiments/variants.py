@@ -1,5 +1,5 @@
-"""The variant words the experiment files share, grouped for `config_lib.parse_variants` (one
-word per group at most). The words also name the runs: `config_lib.run_dir(kind, words)`."""
+"""The variant words the experiment files share, grouped for `run_names.parse_variants` (one
+word per group at most). The words also name the runs: `run_names.run_dir(kind, words)`."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Experiment configs: `path/to/x.py[:arg]` files with `get_config(arg=None)`, typed overrides,
-per-stage validation, the run-name convention, JSON and a stable hash.
+per-stage validation helpers, JSON and a stable hash.
 
 `arg` is a comma-separated list (big_vision style), e.g. `experiments/vae.py:runlocal,steps=10`:
 - bare words (`runlocal`) are variants: passed to `get_config` as a comma-joined string, and
@@ -8,10 +8,7 @@ per-stage validation, the run-name convention, JSON and a stable hash.
   type of the value it replaces; tuples are written in brackets: `mesh.shape=(-1,2)`.
 Absl `--config.x=y` overrides also work through `define_config_flag`.
 
-Experiment files parse their variant words with `parse_variants` (groups of exclusive words) and
-name the runs they read with `run_dir`: the one run-name convention, `runs/<kind>[_<word>...]`
-(variant words in the order the file's groups list them), that the Makefile reaches through
-`python -m phrase_jax.config_lib experiments/x.py:variants` (prints the run's directory).
+Experiment files parse their variant words and name their runs with `phrase_jax.run_names`.
 
 Mistakes a user can fix raise `ConfigError` (a bad key, value or variant) or `MissingInput` (a
 file or folder a config names is absent): both are `errors.UserError`, so `phrase_jax.main`
@@ -21,7 +18,6 @@ prints them as one line, and a `ValueError` / `FileNotFoundError` for callers th
 from __future__ import annotations
 
 import ast
-import dataclasses
 import difflib
 import functools
 import hashlib
@@ -57,8 +53,6 @@ REQUIRED_KEYS = {
     "evaluate": ("seed",),
 }
 
-RUNS_DIR = "runs"
-
 
 class ConfigError(errors.UserError, ValueError):
     """A config key, value or variant word that the user can correct (one-line message)."""
@@ -68,72 +62,16 @@ class MissingInput(errors.UserError, FileNotFoundError):
     """A file or folder that a config names does not exist (one-line message)."""
 
 
-def _closest(word: str, choices: Iterable[str]) -> str:
+class UnknownKeyError(ConfigError, KeyError):
+    """A config key that the experiment does not have (also a KeyError, as it used to be)."""
+
+    __str__ = Exception.__str__  # KeyError would quote the message
+
+
+def closest_hint(word: str, choices: Iterable[str]) -> str:
+    """ " (closest: a, b)" naming the choices nearest to a mistyped `word`, else ""."""
     close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.5)
     return f" (closest: {', '.join(close)})" if close else ""
-
-
-@dataclasses.dataclass(frozen=True)
-class Variants:
-    """The variant words of an experiment arg, one per group at most, in the groups' order
-    (a group's default filled in when the arg names none of its words)."""
-
-    words: tuple[str, ...]
-
-    def __contains__(self, word: str) -> bool:
-        return word in self.words
-
-    def pick(self, group: Sequence[str]) -> str | None:
-        """The word of `group` that was chosen (or defaulted), else None."""
-        return next((w for w in self.words if w in group), None)
-
-    def only(self, *groups: Sequence[str]) -> tuple[str, ...]:
-        """The chosen words that belong to `groups`: the words naming an upstream run."""
-        return tuple(w for w in self.words if any(w in g for g in groups))
-
-
-def parse_variants(
-    arg: str | None,
-    groups: Sequence[Sequence[str]],
-    *,
-    defaults: Sequence[str] = (),
-    source: str = "",
-) -> Variants:
-    """The variant words of `arg` ("lencond,cpu"), checked against `groups`: each group is a
-    tuple of exclusive words (a one-word group is an on/off switch); a word of `defaults` is
-    chosen for its group when the arg names none of that group's words. Unknown words and two
-    words of one group raise `ConfigError`. The one variant parser of every experiment file."""
-    where = f" for {source}" if source else ""
-    known = variant_words(groups)
-    words = [w.strip() for w in (arg or "").split(",") if w.strip()]
-    for word in words:
-        if word not in known:
-            raise ConfigError(
-                f"unknown variant {word!r}{where}; known: {', '.join(known)}{_closest(word, known)}"
-            )
-    chosen = []
-    for group in groups:
-        picked = list(dict.fromkeys(w for w in words if w in group))
-        if len(picked) > 1:
-            raise ConfigError(f"variants {picked}{where}: pick at most one of {tuple(group)}")
-        chosen.extend(picked or [w for w in defaults if w in group][:1])
-    return Variants(tuple(chosen))
-
-
-def variant_words(groups: Sequence[Sequence[str]]) -> tuple[str, ...]:
-    """Every word of `groups`, in order: an experiment file's VARIANTS."""
-    return tuple(word for group in groups for word in group)
-
-
-def run_name(kind: str, words: Iterable[str] = ()) -> str:
-    """The run-name convention: `kind` then each variant word, joined by `_`:
-    run_name("ldm", ("lencond", "cpu")) == "ldm_lencond_cpu"; run_name("vae") == "vae"."""
-    return "_".join((kind, *(w for w in words if w)))
-
-
-def run_dir(kind: str, words: Iterable[str] = (), runs_dir: str = RUNS_DIR) -> str:
-    """`runs_dir/run_name(kind, words)`: where the Makefile and the configs put that run."""
-    return os.path.join(runs_dir, run_name(kind, words))
 
 
 def split_arg(arg: str | None) -> tuple[tuple[str, ...], dict[str, str]]:
@@ -223,7 +161,7 @@ def check_known_key(key: str, known: Sequence[str], source: str) -> None:
     if key not in known:
         close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
         hint = f"closest: {', '.join(close)}" if close else "see get_config() for the keys"
-        raise ConfigError(f"unknown config key {key!r} in {source}; {hint}")
+        raise UnknownKeyError(f"unknown config key {key!r} in {source}; {hint}")
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, str], source: str):
@@ -261,7 +199,7 @@ def load_experiment(spec: str, *, lock: bool = True) -> ml_collections.ConfigDic
         if known_variants is not None and variant not in known_variants:
             raise ConfigError(
                 f"unknown variant {variant!r} for {path}; known: {', '.join(known_variants)}"
-                + _closest(variant, known_variants)
+                + closest_hint(variant, known_variants)
             )
     config = module.get_config(",".join(variants)) if variants else module.get_config()
     if not isinstance(config, ml_collections.ConfigDict):
@@ -396,28 +334,3 @@ def config_hash(config: ml_collections.ConfigDict) -> str:
     """First 16 hex digits of the sha256 of the canonical JSON: same settings, same hash."""
     canonical = json.dumps(config.to_dict(), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def experiment_run_dir(spec: str, runs_dir: str = RUNS_DIR) -> str:
-    """The directory the run-name convention gives the run of `spec` ("experiments/ldm.py:
-    lencond,cpu" -> runs/ldm_lencond_cpu): `runs_dir/<file's RUN_KIND>[_<word>...]` with the
-    words its VARIANT_GROUPS choose (VARIANT_DEFAULTS filled in). Key=val parts and words the
-    file does not know (an LDM condition given to extract.py) are ignored, so one VARIANT names
-    a run and the runs it reads."""
-    path, _, arg = spec.partition(":")
-    module = load_module(path)
-    groups = module.VARIANT_GROUPS
-    words = [w for w in split_arg(arg)[0] if w in variant_words(groups)]
-    variants = parse_variants(
-        ",".join(words), groups, defaults=getattr(module, "VARIANT_DEFAULTS", ()), source=path
-    )
-    return run_dir(module.RUN_KIND, variants.words, runs_dir)
-
-
-if __name__ == "__main__":
-    # `python -m phrase_jax.config_lib [--runs_dir=DIR] experiments/x.py[:variants]`: the run
-    # directory of each spec, one a line (the Makefile's names for workdirs and upstream runs).
-    args = sys.argv[1:]
-    runs = next((a.split("=", 1)[1] for a in args if a.startswith("--runs_dir=")), RUNS_DIR)
-    for experiment_spec in (a for a in args if not a.startswith("--runs_dir=")):
-        print(experiment_run_dir(experiment_spec, runs))

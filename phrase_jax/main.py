@@ -195,18 +195,26 @@ def run(config, workdir: str) -> None:
     module.run(config, workdir)
 
 
+# Library errors whose one-line message already names the file and the fix.
+LIBRARY_USER_ERRORS = (
+    ("phrase_jax.music.midi_io", "MidiReadError"),
+    ("phrase_jax.training.checkpointing", "CheckpointError"),
+)
+
+
 def one_line(error: BaseException) -> tuple[str, int] | None:
     """(the line to print, the exit code) for a mistake a user can fix or an interruption;
     None for anything else (a bug: its traceback is the useful report)."""
-    from phrase_jax.music import midi_io
-    from phrase_jax.training import checkpointing
-
     if isinstance(error, errors.Interrupted):
         return str(error), 130
     if isinstance(error, KeyboardInterrupt):  # Ctrl-C outside a trainer's own handling
         return str(errors.Interrupted()), 130
-    known = (errors.UserError, midi_io.MidiReadError, checkpointing.CheckpointError, flags.Error)
-    if not isinstance(error, known):
+    known = [errors.UserError, flags.Error]
+    # Errors of modules that were never imported cannot have been raised: no orbax import here.
+    for module_name, class_name in LIBRARY_USER_ERRORS:
+        if module_name in sys.modules:
+            known.append(getattr(sys.modules[module_name], class_name))
+    if not isinstance(error, tuple(known)):
         return None
     if isinstance(error, flags.Error) and isinstance(error.__context__, errors.UserError):
         error = error.__context__  # raised while --config was parsed: its own words suffice

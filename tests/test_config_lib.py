@@ -1,5 +1,5 @@
-"""Experiment-file parsing, overrides, variants, run names, validation, JSON/hash, and the main
-entry's dispatch."""
+"""Experiment-file parsing, overrides, variants and run names (run_names), validation,
+JSON/hash, and the main entry's dispatch."""
 
 import json
 import pathlib
@@ -12,7 +12,7 @@ import ml_collections
 import pytest
 from absl import flags
 
-from phrase_jax import config_lib, errors, main
+from phrase_jax import config_lib, errors, main, run_names
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -116,7 +116,7 @@ def test_absl_flag_takes_args_and_dotted_overrides(experiment):
 
 def test_one_variant_parser_checks_groups_and_fills_defaults():
     groups = (("uncond", "lencond", "seccond"), ("bars",), ("runlocal", "cpu"))
-    parse = lambda arg: config_lib.parse_variants(arg, groups, defaults=("uncond",))  # noqa: E731
+    parse = lambda arg: run_names.parse_variants(arg, groups, defaults=("uncond",))  # noqa: E731
     assert parse("cpu,lencond").words == ("lencond", "cpu")  # the groups' order
     assert parse("").words == ("uncond",)
     assert parse("bars,runlocal,bars").words == ("uncond", "bars", "runlocal")
@@ -130,10 +130,10 @@ def test_one_variant_parser_checks_groups_and_fills_defaults():
 
 
 def test_run_name_convention_names_each_run_and_its_upstream():
-    assert config_lib.run_name("ldm", ("lencond", "cpu")) == "ldm_lencond_cpu"
-    assert config_lib.run_name("vae") == "vae"
-    assert config_lib.run_dir("latents", ("cpu",), "/r") == "/r/latents_cpu"
-    run_dir = lambda spec: config_lib.experiment_run_dir(f"{REPO}/experiments/{spec}", "R")  # noqa: E731
+    assert run_names.run_name("ldm", ("lencond", "cpu")) == "ldm_lencond_cpu"
+    assert run_names.run_name("vae") == "vae"
+    assert run_names.run_dir("latents", ("cpu",), "/r") == "/r/latents_cpu"
+    run_dir = lambda spec: run_names.experiment_run_dir(f"{REPO}/experiments/{spec}", "R")  # noqa: E731
     assert run_dir("vae_ae.py:cpu") == "R/vae_ae_cpu"
     assert run_dir("ldm.py:cpu,lencond,total_steps=5") == "R/ldm_lencond_cpu"
     assert run_dir("sample.py") == "R/samples_uncond"
@@ -142,13 +142,13 @@ def test_run_name_convention_names_each_run_and_its_upstream():
     assert run_dir("extract.py:lencond,cpu") == "R/latents_cpu"
     # The experiment files name their upstream runs by the same rule.
     load = lambda spec: config_lib.load_experiment(f"{REPO}/experiments/{spec}")  # noqa: E731
-    assert load("vae.py:runlocal").init_from == config_lib.run_dir("vae_ae", ("runlocal",))
-    assert load("extract.py:cpu").vae_workdir == config_lib.run_dir("vae", ("cpu",))
-    assert load("ldm.py:seccond,cpu").latents.dir == config_lib.run_dir("latents", ("cpu",))
+    assert load("vae.py:runlocal").init_from == run_names.run_dir("vae_ae", ("runlocal",))
+    assert load("extract.py:cpu").vae_workdir == run_names.run_dir("vae", ("cpu",))
+    assert load("ldm.py:seccond,cpu").latents.dir == run_names.run_dir("latents", ("cpu",))
     assert load("sample.py:lencond,bars").ldm_workdir == "runs/ldm_lencond_bars"
     # The command-line form the Makefile calls.
     printed = subprocess.run(
-        [sys.executable, "-m", "phrase_jax.config_lib", "--runs_dir=R",
+        [sys.executable, "-m", "phrase_jax.run_names", "--runs_dir=R",
          "experiments/vae.py:cpu", "experiments/ldm.py:lencond"],
         cwd=REPO, capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
