@@ -2,6 +2,7 @@
 stderr and exit non-zero, before the workdir or any checkpoint is touched; `--verbose` adds the
 traceback; an interruption exits 130 with the line that says how to resume."""
 
+import logging as std_logging
 import os
 import pathlib
 import subprocess
@@ -9,7 +10,7 @@ import sys
 
 import pytest
 
-from phrase_jax import errors, main
+from phrase_jax import errors, logs, main
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -92,3 +93,30 @@ def test_interruption_exits_130_with_the_resume_line(capsys):
     assert exit_info.value.code == 130
     assert capsys.readouterr().err == "interrupted at step 12; run the same command to resume\n"
     main.exit_on_known_error(RuntimeError("a bug"), verbose=False)  # returns: caller re-raises
+
+
+def test_library_info_lines_are_filtered_unless_verbose():
+    from absl import logging as absl_logging
+
+    handler = absl_logging.get_absl_handler()
+
+    def record(path: str, level: int = std_logging.INFO) -> std_logging.LogRecord:
+        return std_logging.LogRecord("x", level, path, 1, "message", None, None)
+
+    ours = record(str(REPO / "phrase_jax" / "stages" / "train_vae.py"))
+    orbax = record("/site-packages/orbax/checkpoint/checkpoint_manager.py")
+    orbax_warning = record("/site-packages/orbax/checkpoint/x.py", std_logging.WARNING)
+    verbosity = absl_logging.get_verbosity()
+    try:
+        logs.show_project_info()
+        logs.show_project_info()  # a second call adds no second filter
+        filters = [f for f in handler.filters if isinstance(f, logs.ProjectInfoOnly)]
+        assert len(filters) == 1
+        assert handler.filter(ours) and handler.filter(orbax_warning)
+        assert not handler.filter(orbax)
+        logs.show_project_info(verbose=True)
+        assert handler.filter(orbax)
+    finally:
+        absl_logging.set_verbosity(verbosity)
+        for existing in [f for f in handler.filters if isinstance(f, logs.ProjectInfoOnly)]:
+            handler.removeFilter(existing)
