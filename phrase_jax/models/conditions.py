@@ -1,4 +1,4 @@
-"""PhraseLDM conditions: section vocabulary, section encoder, and the condition encoder.
+"""PhraseLDM conditions: the section encoder and the condition encoder.
 
 SPEC 4 (conditions) and the classifier-free-guidance "Beyond". The condition encoder turns a
 batch's condition arrays into the two things the diffusion transformer consumes:
@@ -13,16 +13,15 @@ batch's condition arrays into the two things the diffusion transformer consumes:
 Condition arrays in a batch (keys of the `conditions` mapping; only those a model uses are read):
 - `n_bars` int32 [B]: song length in bars (1..max_bars);
 - `section_types` int32 [B, S], `section_lengths` int32 [B, S], `section_mask` bool [B, S]:
-  the song's sections padded to S = max_sections (see `SectionVocab.encode`).
+  the song's sections padded to S = max_sections (see `music/sections.py`, which also holds the
+  section vocabulary and the length-bucket rule).
 
 Also home of the small partitioned-layer constructors shared with `dit.py`.
 """
 
 from __future__ import annotations
 
-import json
-import pathlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import jax
@@ -30,13 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from phrase_jax.music import sections
+
 if TYPE_CHECKING:
     from phrase_jax.models.dit import PhraseLDMConfig
 
 CONDITION_NAMES = ("length", "bars", "sections")
-LENGTH_BUCKET_BARS = 10  # ref: bucket = floor(n_bars / 10)
-SECTION_PAD = "<pad>"
-SECTION_UNK = "<unk>"
 
 _kernel_init = nnx.initializers.xavier_uniform()
 _embed_init = nnx.initializers.normal(stddev=0.02)
@@ -101,78 +99,6 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
         return x
     keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
-
-
-def length_bucket(n_bars: jax.Array, num_buckets: int) -> jax.Array:
-    """Ref length condition: floor(n_bars / 10), clipped into the embedding table. [B] int32."""
-    return jnp.clip(n_bars // LENGTH_BUCKET_BARS, 0, num_buckets - 1).astype(jnp.int32)
-
-
-class SectionVocab:
-    """Section-type vocabulary, built **sorted** so ids never depend on hashing (ref bug).
-
-    Id 0 is padding, id 1 unknown types, then the types in sorted order.
-    """
-
-    def __init__(self, types: Sequence[str]):
-        if list(types[:2]) != [SECTION_PAD, SECTION_UNK] or len(set(types)) != len(types):
-            raise ValueError(
-                f"section vocabulary must start with {SECTION_PAD}, {SECTION_UNK} and hold "
-                "unique types: rebuild it with SectionVocab.build"
-            )
-        self.types = list(types)
-        self._ids = {name: i for i, name in enumerate(self.types)}
-
-    @classmethod
-    def build(cls, sections_per_song: Iterable[Iterable[Sequence]]) -> SectionVocab:
-        """From songs' section lists [[type, bars], ...] (the prepared `songs` records)."""
-        found = {str(section[0]) for song in sections_per_song for section in song}
-        return cls([SECTION_PAD, SECTION_UNK, *sorted(found - {SECTION_PAD, SECTION_UNK})])
-
-    def __len__(self) -> int:
-        return len(self.types)
-
-    def id(self, section_type: str) -> int:
-        return self._ids.get(section_type, 1)
-
-    def check_capacity(self, section_vocab_size: int) -> None:
-        """Raise if the model's type embedding (config.section_vocab_size) cannot hold us."""
-        if len(self) > section_vocab_size:
-            raise ValueError(
-                f"section vocabulary has {len(self)} types but config.section_vocab_size is "
-                f"{section_vocab_size}: raise section_vocab_size"
-            )
-
-    def save(self, path: str | pathlib.Path) -> None:
-        pathlib.Path(path).write_text(json.dumps({"section_types": self.types}, indent=1))
-
-    @classmethod
-    def load(cls, path: str | pathlib.Path) -> SectionVocab:
-        try:
-            types = json.loads(pathlib.Path(path).read_text())["section_types"]
-        except (OSError, ValueError, KeyError) as err:
-            raise ValueError(
-                f"{path}: not a section vocabulary JSON ({err!r}); write one with SectionVocab.save"
-            ) from err
-        return cls(types)
-
-    def encode(
-        self, sections: Sequence[Sequence], max_sections: int, max_length: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """[[type, bars], ...] → (type ids, lengths, mask), each [max_sections].
-
-        Songs with more sections keep their first `max_sections` (ref padded/truncated to 30);
-        lengths are clipped into 1..max_length.
-        """
-        kept = list(sections)[:max_sections]
-        type_ids = np.zeros(max_sections, np.int32)
-        lengths = np.zeros(max_sections, np.int32)
-        mask = np.zeros(max_sections, bool)
-        for i, (section_type, bars) in enumerate(kept):
-            type_ids[i] = self.id(str(section_type))
-            lengths[i] = min(max(int(bars), 1), max_length)
-            mask[i] = True
-        return type_ids, lengths, mask
 
 
 class PostLNEncoderLayer(nnx.Module):
@@ -306,9 +232,11 @@ class ConditionEncoder(nnx.Module):
         keys = list(jax.random.split(rng, 4)) if rng is not None else [None] * 4
         global_bc = jnp.zeros((batch, self.cond_dim), jnp.float32)
         if "length" in self.conditions:
-            bucket = length_bucket(conditions["n_bars"], self.num_buckets)
+            bucket = jnp.clip(sections.length_bucket(conditions["n_bars"]), 0, self.num_buckets - 1)
             dropped = _drop_mask(keys[0], self.rate, batch, force_drop_b)
-            emb = jnp.where(dropped[:, None], self.null_length[...], self.length_embed(bucket))
+            emb = jnp.where(
+                dropped[:, None], self.null_length[...], self.length_embed(bucket.astype(jnp.int32))
+            )
             global_bc = global_bc + emb
         if "bars" in self.conditions:
             bars = jnp.clip(conditions["n_bars"], 0, self.max_bars)
