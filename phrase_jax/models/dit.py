@@ -2,7 +2,8 @@
 
 SPEC section 4. The layer layout and every numerical detail follow
 `diffusers.StableAudioDiTModel` (0.35.1) so released PyTorch weights convert
-(`convert_diffusers.py`); names below follow diffusers where it helps the mapping.
+(`phrase_jax/interop/ldm_from_diffusers.py`); names below follow diffusers where it helps the
+mapping.
 
 Shapes: B batch, N slots (512), D latent width (64), W model width (512), S = N + 1 (global token
 first), H heads, K key/value heads, E head width, M memory length.

@@ -1,9 +1,9 @@
 """T5 v1.0 encoder and decoder stacks (pre-norm RMSNorm, relative position bias, ReLU MLP).
 
-Layout follows transformers' `T5Stack` so that `convert_torch.py` is a renaming: one relative
-position bias per stack (transformers keeps it in block 0 and shares it), no 1/sqrt(d) in the
-attention logits, no biases, dropout on embeddings, attention weights, sublayer outputs, the MLP
-hidden layer and the stack output. The decoder also offers a key/value-cached single step.
+Layout follows transformers' `T5Stack` so that `interop/vae_from_torch.py` is a renaming: one
+relative position bias per stack (transformers keeps it in block 0 and shares it), no 1/sqrt(d)
+in the attention logits, no biases, dropout on embeddings, attention weights, sublayer outputs,
+the MLP hidden layer and the stack output. The decoder also offers a key/value-cached single step.
 """
 
 from __future__ import annotations
