@@ -15,90 +15,31 @@ Condition arrays in a batch (keys of the `conditions` mapping; only those a mode
 - `section_types` int32 [B, S], `section_lengths` int32 [B, S], `section_mask` bool [B, S]:
   the song's sections padded to S = max_sections (see `music/sections.py`, which also holds the
   section vocabulary and the length-bucket rule).
-
-Also home of the small partitioned-layer constructors shared with `dit.py`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
+from phrase_jax.models import layers
+from phrase_jax.models.attention import Attention
+from phrase_jax.models.ldm_config import PhraseLDMConfig
 from phrase_jax.music import sections
-
-if TYPE_CHECKING:
-    from phrase_jax.models.dit import PhraseLDMConfig
 
 CONDITION_NAMES = ("length", "bars", "sections")
 
-_kernel_init = nnx.initializers.xavier_uniform()
 _embed_init = nnx.initializers.normal(stddev=0.02)
 
 
-def partitioned(init, names: tuple[str | None, ...]):
-    """`init` whose Variable carries logical axis `names` as `out_sharding` metadata only.
-
-    No eager sharding: models build outside any mesh (tests, conversion); the training code maps
-    the names to mesh axes with the config's rules table (`nnx.get_partition_spec`).
-    """
-    return nnx.with_partitioning(init, tuple(names), eager_sharding=False)
-
-
-def partitioned_linear(
-    in_features: int,
-    out_features: int,
-    names: tuple[str | None, str | None],
-    *,
-    use_bias: bool,
-    dtype: jnp.dtype,
-    rngs: nnx.Rngs,
-) -> nnx.Linear:
-    """nnx.Linear whose kernel [in, out] carries logical axis `names` (bias: `names[1]`)."""
-    return nnx.Linear(
-        in_features,
-        out_features,
-        use_bias=use_bias,
-        dtype=dtype,
-        kernel_init=partitioned(_kernel_init, names),
-        bias_init=partitioned(nnx.initializers.zeros_init(), (names[1],)),
-        rngs=rngs,
-    )
-
-
-def partitioned_layer_norm(features: int, *, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    """Affine LayerNorm in fp32 (two-pass variance, as torch computes it), axis name `norm`."""
-    return nnx.LayerNorm(
-        features,
-        epsilon=eps,
-        dtype=jnp.float32,
-        use_fast_variance=False,
-        scale_init=partitioned(nnx.initializers.ones_init(), ("norm",)),
-        bias_init=partitioned(nnx.initializers.zeros_init(), ("norm",)),
-        rngs=rngs,
-    )
-
-
-def partitioned_embed(num: int, features: int, *, rngs: nnx.Rngs) -> nnx.Embed:
+def _embed(num: int, features: int, *, rngs: nnx.Rngs) -> nnx.Embed:
     """Embedding table [num, features] with logical axes (`vocab`, `cond`)."""
     return nnx.Embed(
-        num,
-        features,
-        embedding_init=partitioned(_embed_init, ("vocab", "cond")),
-        rngs=rngs,
+        num, features, embedding_init=layers.partitioned(_embed_init, ("vocab", "cond")), rngs=rngs
     )
-
-
-def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
-    """Inverted dropout; identity when `rng` is None (evaluation) or `rate` is 0."""
-    if rng is None or rate == 0.0:
-        return x
-    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
 class PostLNEncoderLayer(nnx.Module):
@@ -107,33 +48,34 @@ class PostLNEncoderLayer(nnx.Module):
     def __init__(self, width: int, heads: int, ff_width: int, rate: float, *, rngs: nnx.Rngs):
         if width % heads:
             raise ValueError(f"section encoder width {width} is not divisible by {heads} heads")
-        self.heads, self.rate = heads, rate
-        self.qkv = partitioned_linear(
-            width, 3 * width, ("cond", "heads"), use_bias=True, dtype=jnp.float32, rngs=rngs
+        self.rate = rate
+        # torch initialises the fused [3W, W] in-projection with xavier uniform; the same
+        # variance for each of the [W, heads, W / heads] kernels is fan_avg scaling by 1/2.
+        in_init = nnx.initializers.variance_scaling(
+            0.5, "fan_avg", "uniform", in_axis=0, out_axis=(1, 2)
         )
-        self.attn_out = partitioned_linear(
-            width, width, ("heads", "cond"), use_bias=True, dtype=jnp.float32, rngs=rngs
+        self.self_attn = Attention(
+            width,
+            heads,
+            width // heads,
+            in_axis="cond",
+            use_bias=True,
+            dropout_rate=rate,
+            query_init=in_init,
+            key_init=in_init,
+            value_init=in_init,
+            rngs=rngs,
         )
-        self.norm1 = partitioned_layer_norm(width, eps=1e-5, rngs=rngs)
-        self.ff_in = partitioned_linear(
-            width, ff_width, ("cond", "mlp"), use_bias=True, dtype=jnp.float32, rngs=rngs
-        )
-        self.ff_out = partitioned_linear(
-            ff_width, width, ("mlp", "cond"), use_bias=True, dtype=jnp.float32, rngs=rngs
-        )
-        self.norm2 = partitioned_layer_norm(width, eps=1e-5, rngs=rngs)
+        self.norm1 = layers.LayerNorm(width, eps=1e-5, rngs=rngs)
+        self.ff_in = layers.xavier_dense(width, ff_width, ("cond", "mlp"), rngs=rngs)
+        self.ff_out = layers.xavier_dense(ff_width, width, ("mlp", "cond"), rngs=rngs)
+        self.norm2 = layers.LayerNorm(width, eps=1e-5, rngs=rngs)
 
-    def __call__(self, x_bsc: jax.Array, mask_bs: jax.Array, rng: jax.Array | None) -> jax.Array:
-        b, s, c = x_bsc.shape
-        keys = list(jax.random.split(rng, 4)) if rng is not None else [None] * 4
-        q, k, v = jnp.split(self.qkv(x_bsc).reshape(b, s, 3 * self.heads, -1), 3, axis=2)
-        logits_bhqk = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(c // self.heads)
-        logits_bhqk = jnp.where(mask_bs[:, None, None, :], logits_bhqk, -1e30)
-        weights = dropout(jax.nn.softmax(logits_bhqk, axis=-1), self.rate, keys[0])
-        attended = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, s, c)
-        x_bsc = self.norm1(x_bsc + dropout(self.attn_out(attended), self.rate, keys[1]))
-        hidden = dropout(jax.nn.relu(self.ff_in(x_bsc)), self.rate, keys[2])
-        return self.norm2(x_bsc + dropout(self.ff_out(hidden), self.rate, keys[3]))
+    def __call__(self, x_bsc: jax.Array, mask_bs: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
+        attended = self.self_attn(x_bsc, mask=mask_bs[:, None, None, :], rngs=rngs)
+        x_bsc = self.norm1(x_bsc + layers.dropout(attended, self.rate, rngs))
+        hidden = layers.dropout(jax.nn.relu(self.ff_in(x_bsc)), self.rate, rngs)
+        return self.norm2(x_bsc + layers.dropout(self.ff_out(hidden), self.rate, rngs))
 
 
 class SectionEncoder(nnx.Module):
@@ -141,12 +83,8 @@ class SectionEncoder(nnx.Module):
 
     def __init__(self, config: PhraseLDMConfig, *, rngs: nnx.Rngs):
         width = 2 * config.section_embed_dim
-        self.type_embed = partitioned_embed(
-            config.section_vocab_size, config.section_embed_dim, rngs=rngs
-        )
-        self.length_embed = partitioned_embed(
-            config.max_bars + 1, config.section_embed_dim, rngs=rngs
-        )
+        self.type_embed = _embed(config.section_vocab_size, config.section_embed_dim, rngs=rngs)
+        self.length_embed = _embed(config.max_bars + 1, config.section_embed_dim, rngs=rngs)
         self.layers = nnx.List(
             [
                 PostLNEncoderLayer(
@@ -174,9 +112,9 @@ class SectionEncoder(nnx.Module):
         types = jnp.clip(type_ids_bs, 0, self.vocab_size - 1)
         lengths = jnp.clip(lengths_bs, 0, self.max_bars)
         x_bsc = jnp.concatenate([self.type_embed(types), self.length_embed(lengths)], axis=-1)
-        layer_rngs = jax.random.split(rng, len(self.layers)) if rng is not None else None
-        for i, layer in enumerate(self.layers):
-            x_bsc = layer(x_bsc, mask_bs, None if layer_rngs is None else layer_rngs[i])
+        rngs = None if rng is None else nnx.Rngs(dropout=rng)
+        for layer in self.layers:
+            x_bsc = layer(x_bsc, mask_bs, rngs)
         return x_bsc
 
 
@@ -206,12 +144,12 @@ class ConditionEncoder(nnx.Module):
         self.memory_input_dim = config.memory_input_dim
         self.num_buckets = config.length_buckets
         self.max_bars = config.max_bars
-        null = partitioned(_embed_init, ("cond",))
+        null = layers.partitioned(_embed_init, ("cond",))
         if "length" in self.conditions:
-            self.length_embed = partitioned_embed(config.length_buckets, config.cond_dim, rngs=rngs)
+            self.length_embed = _embed(config.length_buckets, config.cond_dim, rngs=rngs)
             self.null_length = nnx.Param(null(rngs.params(), (config.cond_dim,)))
         if "bars" in self.conditions:
-            self.bars_embed = partitioned_embed(config.max_bars + 1, config.cond_dim, rngs=rngs)
+            self.bars_embed = _embed(config.max_bars + 1, config.cond_dim, rngs=rngs)
             self.null_bars = nnx.Param(null(rngs.params(), (config.cond_dim,)))
         if "sections" in self.conditions:
             self.section_encoder = SectionEncoder(config, rngs=rngs)
