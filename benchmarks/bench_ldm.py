@@ -49,7 +49,8 @@ from flax import nnx
 from benchmarks import common
 from benchmarks.bench_vae import Report, single_device_mesh, time_train_step
 from phrase_jax.diffusion import schedules
-from phrase_jax.models import conditions, dit, vae
+from phrase_jax.models import dit, vae
+from phrase_jax.music import sections
 from phrase_jax.stages import (
     ldm_loading,
     sample,
@@ -134,7 +135,7 @@ def untrained_pipeline(
         model=ldm_model,
         config=ml_collections.ConfigDict({"diffusion": DIFFUSION}),
         schedule=schedules.cosine_schedule(DIFFUSION["num_steps"]),
-        section_vocab=conditions.SectionVocab.build([]),
+        section_vocab=sections.SectionVocab.build([]),
         step=0,
         used_ema=False,
         workdir="(random init)",

@@ -201,10 +201,10 @@ def main(argv=None, *, config: vae.VAEConfig | None = None) -> list[dict]:
     model = vae.PhraseVAE(config, rngs=nnx.Rngs(0))
     weights_from = "random init"
     if reference_model is not None:
-        from phrase_jax.models import convert_torch
+        from phrase_jax.interop import vae_from_torch
 
         # The very same weights on both sides: decoded tokens must then agree too.
-        convert_torch.load_torch_state_dict(
+        vae_from_torch.load_torch_state_dict(
             model, torch_reference.state_dict_numpy(reference_model)
         )
         weights_from = "the torch reference"

@@ -2,7 +2,7 @@
 
 transformers `T5ForConditionalGeneration` (d_model 512, d_ff 1024, 3+3 layers, 6 heads x 64,
 vocab 1000) under `t5.`, plus the bottleneck `layer_norm` / `proj` / `post_proj`, the layout
-`phrase_jax.models.convert_torch` reads, so the JAX benchmark can load the very same weights.
+`phrase_jax.interop.vae_from_torch` reads, so the JAX benchmark can load the very same weights.
 
     reference = build_reference(config)                    # torch.nn.Module, train mode
     step = make_train_step(reference, batch)               # forward + backward + AdamW
@@ -155,5 +155,5 @@ def greedy_decode(reference, z_bl: np.ndarray, *, max_len: int) -> np.ndarray:
 
 
 def state_dict_numpy(reference) -> dict[str, np.ndarray]:
-    """The reference weights as numpy, for `convert_torch.load_torch_state_dict`."""
+    """The reference weights as numpy, for `vae_from_torch.load_torch_state_dict`."""
     return {k: v.detach().cpu().numpy() for k, v in reference.state_dict().items()}

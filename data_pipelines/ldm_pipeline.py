@@ -1,7 +1,7 @@
 """Grain pipeline of PhraseLDM batches over an extracted latents dir (docs/design.md).
 
     it = make_ldm_loader("runs/latents", "train", batch_size=128, seed=42,
-                         section_vocab=conditions.SectionVocab.load(".../section_vocab.json"))
+                         section_vocab=sections.SectionVocab.load(".../section_vocab.json"))
     batch = next(it)   # dict of numpy arrays, local to this process:
       latents float32 [B, N, D]     latents / manifest scale, padding slots included
       n_bars int32 [B]              song length in bars
@@ -11,7 +11,7 @@
     state = it.get_state(); ...; it.set_state(state)   # the same next batch after restore
 
 The section keys are present only when a `section_vocab` (an object with
-`encode(sections, max_sections, max_length)`, i.e. `phrase_jax.models.conditions.SectionVocab`)
+`encode(sections, max_sections, max_length)`, i.e. `phrase_jax.music.sections.SectionVocab`)
 is given; it is passed in so that this package needs no JAX. A split is small (a few hundred
 songs of 512 x 64 floats), so it is read once into memory and scaled there. Order: seeded
 shuffle of all songs, reshuffled every epoch -> repeat -> global batches of song indices (B x

@@ -8,8 +8,7 @@ import pathlib
 import pytest
 
 from phrase_jax import config_lib, main
-from phrase_jax.models import conditions
-from phrase_jax.music import layout
+from phrase_jax.music import layout, sections
 from phrase_jax.stages import extract_latents, train_ldm, train_vae, vae_loading
 from phrase_jax.training import checkpointing, sharding
 
@@ -45,7 +44,7 @@ def save_tiny_ldm(workdir: pathlib.Path, latents_dir: pathlib.Path, model_condit
     recorded in the checkpoint, as train_ldm does), with `model_conditions`."""
     manifest = json.loads((latents_dir / "manifest.json").read_text())
     provenance = {k: manifest[k] for k in train_ldm.LATENT_PROVENANCE}
-    section_vocab = conditions.SectionVocab.build(SECTION_TYPES)
+    section_vocab = sections.SectionVocab.build(SECTION_TYPES)
     config = load_config("ldm", f"runlocal,seccond,latents.dir={latents_dir}")
     config.model.conditions = tuple(model_conditions)
     extra = {"latents": provenance, "section_vocab": section_vocab.types}

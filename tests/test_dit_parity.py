@@ -11,7 +11,8 @@ from diffusers.models.embeddings import get_1d_rotary_pos_embed  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from phrase_jax.diffusion import schedules  # noqa: E402
-from phrase_jax.models import convert_diffusers, dit  # noqa: E402
+from phrase_jax.interop import ldm_from_diffusers  # noqa: E402
+from phrase_jax.models import dit  # noqa: E402
 
 pytestmark = pytest.mark.parity
 
@@ -56,8 +57,8 @@ def _random_reference(config: dict, seed: int):
 
 def _compare(config: dict, batch: int, memory_len: int, with_mask: bool, seed: int = 0):
     reference = _random_reference(config, seed)
-    ours_config = convert_diffusers.config_from_diffusers(reference.config)
-    model = convert_diffusers.from_diffusers(reference.state_dict(), ours_config)
+    ours_config = ldm_from_diffusers.config_from_diffusers(reference.config)
+    model = ldm_from_diffusers.from_diffusers(reference.state_dict(), ours_config)
 
     rng = np.random.default_rng(seed)
     n, d = config["sample_size"], config["in_channels"]
@@ -107,16 +108,16 @@ def test_paper_size_dit_matches_diffusers():
 def test_converter_rejects_mismatched_state_dict():
     reference = _random_reference(TINY, 0)
     model = dit.PhraseLDM(
-        convert_diffusers.config_from_diffusers(reference.config, num_layers=1), rngs=nnx.Rngs(0)
+        ldm_from_diffusers.config_from_diffusers(reference.config, num_layers=1), rngs=nnx.Rngs(0)
     )
     with pytest.raises(ValueError, match="unexpected"):
-        convert_diffusers.load_diffusers_state_dict(model, reference.state_dict())
+        ldm_from_diffusers.load_diffusers_state_dict(model, reference.state_dict())
 
 
 def test_converted_model_runs_with_a_fresh_condition_encoder():
     reference = _random_reference(TINY, 0)
-    config = convert_diffusers.config_from_diffusers(reference.config, conditions=("length",))
-    model = convert_diffusers.from_diffusers(reference.state_dict(), config)
+    config = ldm_from_diffusers.config_from_diffusers(reference.config, conditions=("length",))
+    model = ldm_from_diffusers.from_diffusers(reference.state_dict(), config)
     x = jnp.zeros((2, TINY["sample_size"], TINY["in_channels"]))
     y = model(x, jnp.array([3, 900]), {"n_bars": jnp.array([8, 64])})
     assert y.shape == x.shape and bool(jnp.all(jnp.isfinite(y)))

@@ -12,8 +12,7 @@ from jax.sharding import AxisType
 
 from data_pipelines import ldm_pipeline, prepare, sources, transforms
 from phrase_jax import config_lib, main
-from phrase_jax.models import conditions
-from phrase_jax.music import layout
+from phrase_jax.music import layout, sections
 from phrase_jax.stages import extract_latents, train_vae, vae_loading
 from phrase_jax.training import checkpointing, sharding, train_state
 
@@ -201,7 +200,7 @@ def test_missing_or_wrong_vae_fails_clearly(data_dir, vae_workdir, tmp_path):
 
 def _section_vocab(latents_dir):
     manifest = ldm_pipeline.read_manifest(latents_dir)
-    return conditions.SectionVocab.build(s["sections"] or [] for s in manifest["songs"])
+    return sections.SectionVocab.build(s["sections"] or [] for s in manifest["songs"])
 
 
 def test_ldm_batches_are_scaled_latents_with_sections(latents_dir):

@@ -16,7 +16,8 @@ from jax.sharding import AxisType
 
 from data_pipelines import ldm_pipeline, prepare
 from phrase_jax import config_lib, main
-from phrase_jax.models import conditions, dit
+from phrase_jax.models import dit
+from phrase_jax.music import sections
 from phrase_jax.stages import train_ldm
 from phrase_jax.training import checkpointing, metrics, sharding, train_state
 
@@ -138,7 +139,7 @@ def test_chain_runs_end_to_end(chain):
     for key in ("loss", "ema_loss", "mse_low_t", "ema_mse_high_t"):
         assert np.isfinite(records[2][key]), key
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [2, 4]
-    vocab = conditions.SectionVocab.load(workdir / train_ldm.SECTION_VOCAB)
+    vocab = sections.SectionVocab.load(workdir / train_ldm.SECTION_VOCAB)
     manifest = ldm_pipeline.read_manifest(chain["latents"])
     train_types = {
         s[0]
@@ -164,7 +165,7 @@ def test_kill_and_resume_matches_the_uninterrupted_run(chain, tmp_path):
     config = ldm_config(chain["latents"])
     main.run(config, str(workdir))
     assert [r["step"] for r in metrics.read_jsonl(workdir / "metrics.jsonl")] == [4, 4]
-    vocab = conditions.SectionVocab.load(workdir / train_ldm.SECTION_VOCAB)
+    vocab = sections.SectionVocab.load(workdir / train_ldm.SECTION_VOCAB)
     # The resumed run's iterator is where an uninterrupted one is after 4 batches.
     fresh = train_ldm.make_loader(config, "train", vocab, batch_size=8, seed=config.seed)
     for _ in range(4):
@@ -200,7 +201,7 @@ def test_resume_refuses_other_latents_or_model(chain, tmp_path):
 
 def test_ldm_loss_and_gradients_match_across_meshes(chain):
     config = ldm_config(chain["latents"])
-    vocab = conditions.SectionVocab.load(chain["ldm"] / train_ldm.SECTION_VOCAB)
+    vocab = sections.SectionVocab.load(chain["ldm"] / train_ldm.SECTION_VOCAB)
     local = next(train_ldm.make_loader(config, "train", vocab, batch_size=8, seed=3))
     loss_fn = train_ldm.make_loss_fn(config.diffusion)
     v_loss_fn = train_ldm.make_loss_fn(

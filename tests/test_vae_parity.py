@@ -15,14 +15,15 @@ transformers = pytest.importorskip("transformers")
 import jax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from phrase_jax.models import convert_torch, vae  # noqa: E402
+from phrase_jax.interop import vae_from_torch  # noqa: E402
+from phrase_jax.models import vae  # noqa: E402
 
 pytestmark = pytest.mark.parity
 TOLERANCE = 1e-4
 
 
 class ReferencePhraseVAE(torch.nn.Module):
-    """The reference layout: `t5`, `layer_norm`, `proj`, `post_proj` (see convert_torch.py)."""
+    """The reference layout: `t5`, `layer_norm`, `proj`, `post_proj` (see vae_from_torch.py)."""
 
     def __init__(self):
         super().__init__()
@@ -97,7 +98,7 @@ def _converted(reference, mode):
     state = reference.state_dict()
     if mode != "vae":
         state = {k: v for k, v in state.items() if k.startswith("t5.")}
-    assert convert_torch.load_torch_state_dict(model, state) == ()
+    assert vae_from_torch.load_torch_state_dict(model, state) == ()
     return model
 
 
@@ -188,15 +189,15 @@ def test_converter_rejects_bad_state_dicts(reference):
     state = reference.state_dict()
     config = vae.VAEConfig(mode="vae")
     with pytest.raises(ValueError, match="unexpected state dict keys"):
-        convert_torch.convert_state_dict({**state, "t5.extra.weight": torch.zeros(1)}, config)
+        vae_from_torch.convert_state_dict({**state, "t5.extra.weight": torch.zeros(1)}, config)
     missing = {k: v for k, v in state.items() if "block.2.layer.1.EncDecAttention.q" not in k}
     with pytest.raises(ValueError, match="EncDecAttention.q.weight"):
-        convert_torch.convert_state_dict(missing, config)
+        vae_from_torch.convert_state_dict(missing, config)
     with pytest.raises(ValueError, match="mode is 'autoencoder'"):
-        convert_torch.convert_state_dict(state, vae.VAEConfig(mode="autoencoder"))
+        vae_from_torch.convert_state_dict(state, vae.VAEConfig(mode="autoencoder"))
     stage2 = {k: v for k, v in state.items() if k.startswith("t5.")}
     model = vae.PhraseVAE(config, rngs=nnx.Rngs(1))
-    new = convert_torch.load_torch_state_dict(model, stage2)
+    new = vae_from_torch.load_torch_state_dict(model, stage2)
     assert set(new) == {
         f"bottleneck/{p}"
         for p in (

@@ -20,13 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from phrase_jax.evaluation import fid, structure
-
-LENGTH_BUCKET_BARS = 10
-
-
-def length_bucket(n_bars: int | np.ndarray) -> np.ndarray:
-    """floor(n_bars / 10), elementwise: the bucket the LDM's length condition names."""
-    return np.floor_divide(n_bars, LENGTH_BUCKET_BARS)
+from phrase_jax.music.sections import length_bucket  # the LDM's length condition, one rule
 
 
 def length_accuracy(

@@ -1,1 +1,3 @@
-"""Flax NNX models: shared layers, the T5 stacks, PhraseVAE (+ cached decoding, PyTorch import)."""
+"""Flax NNX models: one set of layers (`layers`, `attention`, `relative_position`), the T5
+stacks, PhraseVAE (+ cached decoding), the PhraseLDM DiT and its condition encoders. PyTorch
+import lives in `phrase_jax.interop`."""

@@ -1,4 +1,4 @@
-"""PhraseLDM conditions: section vocabulary, section encoder, and the condition encoder.
+"""PhraseLDM conditions: the section encoder and the condition encoder.
 
 SPEC 4 (conditions) and the classifier-free-guidance "Beyond". The condition encoder turns a
 batch's condition arrays into the two things the diffusion transformer consumes:
@@ -13,166 +13,33 @@ batch's condition arrays into the two things the diffusion transformer consumes:
 Condition arrays in a batch (keys of the `conditions` mapping; only those a model uses are read):
 - `n_bars` int32 [B]: song length in bars (1..max_bars);
 - `section_types` int32 [B, S], `section_lengths` int32 [B, S], `section_mask` bool [B, S]:
-  the song's sections padded to S = max_sections (see `SectionVocab.encode`).
-
-Also home of the small partitioned-layer constructors shared with `dit.py`.
+  the song's sections padded to S = max_sections (see `music/sections.py`, which also holds the
+  section vocabulary and the length-bucket rule).
 """
 
 from __future__ import annotations
 
-import json
-import pathlib
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-if TYPE_CHECKING:
-    from phrase_jax.models.dit import PhraseLDMConfig
+from phrase_jax.models import layers
+from phrase_jax.models.attention import Attention
+from phrase_jax.models.ldm_config import PhraseLDMConfig
+from phrase_jax.music import sections
 
 CONDITION_NAMES = ("length", "bars", "sections")
-LENGTH_BUCKET_BARS = 10  # ref: bucket = floor(n_bars / 10)
-SECTION_PAD = "<pad>"
-SECTION_UNK = "<unk>"
 
-_kernel_init = nnx.initializers.xavier_uniform()
 _embed_init = nnx.initializers.normal(stddev=0.02)
 
 
-def partitioned(init, names: tuple[str | None, ...]):
-    """`init` whose Variable carries logical axis `names` as `out_sharding` metadata only.
-
-    No eager sharding: models build outside any mesh (tests, conversion); the training code maps
-    the names to mesh axes with the config's rules table (`nnx.get_partition_spec`).
-    """
-    return nnx.with_partitioning(init, tuple(names), eager_sharding=False)
-
-
-def partitioned_linear(
-    in_features: int,
-    out_features: int,
-    names: tuple[str | None, str | None],
-    *,
-    use_bias: bool,
-    dtype: jnp.dtype,
-    rngs: nnx.Rngs,
-) -> nnx.Linear:
-    """nnx.Linear whose kernel [in, out] carries logical axis `names` (bias: `names[1]`)."""
-    return nnx.Linear(
-        in_features,
-        out_features,
-        use_bias=use_bias,
-        dtype=dtype,
-        kernel_init=partitioned(_kernel_init, names),
-        bias_init=partitioned(nnx.initializers.zeros_init(), (names[1],)),
-        rngs=rngs,
-    )
-
-
-def partitioned_layer_norm(features: int, *, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    """Affine LayerNorm in fp32 (two-pass variance, as torch computes it), axis name `norm`."""
-    return nnx.LayerNorm(
-        features,
-        epsilon=eps,
-        dtype=jnp.float32,
-        use_fast_variance=False,
-        scale_init=partitioned(nnx.initializers.ones_init(), ("norm",)),
-        bias_init=partitioned(nnx.initializers.zeros_init(), ("norm",)),
-        rngs=rngs,
-    )
-
-
-def partitioned_embed(num: int, features: int, *, rngs: nnx.Rngs) -> nnx.Embed:
+def _embed(num: int, features: int, *, rngs: nnx.Rngs) -> nnx.Embed:
     """Embedding table [num, features] with logical axes (`vocab`, `cond`)."""
     return nnx.Embed(
-        num,
-        features,
-        embedding_init=partitioned(_embed_init, ("vocab", "cond")),
-        rngs=rngs,
+        num, features, embedding_init=layers.partitioned(_embed_init, ("vocab", "cond")), rngs=rngs
     )
-
-
-def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
-    """Inverted dropout; identity when `rng` is None (evaluation) or `rate` is 0."""
-    if rng is None or rate == 0.0:
-        return x
-    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
-
-
-def length_bucket(n_bars: jax.Array, num_buckets: int) -> jax.Array:
-    """Ref length condition: floor(n_bars / 10), clipped into the embedding table. [B] int32."""
-    return jnp.clip(n_bars // LENGTH_BUCKET_BARS, 0, num_buckets - 1).astype(jnp.int32)
-
-
-class SectionVocab:
-    """Section-type vocabulary, built **sorted** so ids never depend on hashing (ref bug).
-
-    Id 0 is padding, id 1 unknown types, then the types in sorted order.
-    """
-
-    def __init__(self, types: Sequence[str]):
-        if list(types[:2]) != [SECTION_PAD, SECTION_UNK] or len(set(types)) != len(types):
-            raise ValueError(
-                f"section vocabulary must start with {SECTION_PAD}, {SECTION_UNK} and hold "
-                "unique types: rebuild it with SectionVocab.build"
-            )
-        self.types = list(types)
-        self._ids = {name: i for i, name in enumerate(self.types)}
-
-    @classmethod
-    def build(cls, sections_per_song: Iterable[Iterable[Sequence]]) -> SectionVocab:
-        """From songs' section lists [[type, bars], ...] (the prepared `songs` records)."""
-        found = {str(section[0]) for song in sections_per_song for section in song}
-        return cls([SECTION_PAD, SECTION_UNK, *sorted(found - {SECTION_PAD, SECTION_UNK})])
-
-    def __len__(self) -> int:
-        return len(self.types)
-
-    def id(self, section_type: str) -> int:
-        return self._ids.get(section_type, 1)
-
-    def check_capacity(self, section_vocab_size: int) -> None:
-        """Raise if the model's type embedding (config.section_vocab_size) cannot hold us."""
-        if len(self) > section_vocab_size:
-            raise ValueError(
-                f"section vocabulary has {len(self)} types but config.section_vocab_size is "
-                f"{section_vocab_size}: raise section_vocab_size"
-            )
-
-    def save(self, path: str | pathlib.Path) -> None:
-        pathlib.Path(path).write_text(json.dumps({"section_types": self.types}, indent=1))
-
-    @classmethod
-    def load(cls, path: str | pathlib.Path) -> SectionVocab:
-        try:
-            types = json.loads(pathlib.Path(path).read_text())["section_types"]
-        except (OSError, ValueError, KeyError) as err:
-            raise ValueError(
-                f"{path}: not a section vocabulary JSON ({err!r}); write one with SectionVocab.save"
-            ) from err
-        return cls(types)
-
-    def encode(
-        self, sections: Sequence[Sequence], max_sections: int, max_length: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """[[type, bars], ...] → (type ids, lengths, mask), each [max_sections].
-
-        Songs with more sections keep their first `max_sections` (ref padded/truncated to 30);
-        lengths are clipped into 1..max_length.
-        """
-        kept = list(sections)[:max_sections]
-        type_ids = np.zeros(max_sections, np.int32)
-        lengths = np.zeros(max_sections, np.int32)
-        mask = np.zeros(max_sections, bool)
-        for i, (section_type, bars) in enumerate(kept):
-            type_ids[i] = self.id(str(section_type))
-            lengths[i] = min(max(int(bars), 1), max_length)
-            mask[i] = True
-        return type_ids, lengths, mask
 
 
 class PostLNEncoderLayer(nnx.Module):
@@ -181,33 +48,34 @@ class PostLNEncoderLayer(nnx.Module):
     def __init__(self, width: int, heads: int, ff_width: int, rate: float, *, rngs: nnx.Rngs):
         if width % heads:
             raise ValueError(f"section encoder width {width} is not divisible by {heads} heads")
-        self.heads, self.rate = heads, rate
-        self.qkv = partitioned_linear(
-            width, 3 * width, ("cond", "heads"), use_bias=True, dtype=jnp.float32, rngs=rngs
+        self.rate = rate
+        # torch initialises the fused [3W, W] in-projection with xavier uniform; the same
+        # variance for each of the [W, heads, W / heads] kernels is fan_avg scaling by 1/2.
+        in_init = nnx.initializers.variance_scaling(
+            0.5, "fan_avg", "uniform", in_axis=0, out_axis=(1, 2)
         )
-        self.attn_out = partitioned_linear(
-            width, width, ("heads", "cond"), use_bias=True, dtype=jnp.float32, rngs=rngs
+        self.self_attn = Attention(
+            width,
+            heads,
+            width // heads,
+            in_axis="cond",
+            use_bias=True,
+            dropout_rate=rate,
+            query_init=in_init,
+            key_init=in_init,
+            value_init=in_init,
+            rngs=rngs,
         )
-        self.norm1 = partitioned_layer_norm(width, eps=1e-5, rngs=rngs)
-        self.ff_in = partitioned_linear(
-            width, ff_width, ("cond", "mlp"), use_bias=True, dtype=jnp.float32, rngs=rngs
-        )
-        self.ff_out = partitioned_linear(
-            ff_width, width, ("mlp", "cond"), use_bias=True, dtype=jnp.float32, rngs=rngs
-        )
-        self.norm2 = partitioned_layer_norm(width, eps=1e-5, rngs=rngs)
+        self.norm1 = layers.LayerNorm(width, eps=1e-5, rngs=rngs)
+        self.ff_in = layers.xavier_dense(width, ff_width, ("cond", "mlp"), rngs=rngs)
+        self.ff_out = layers.xavier_dense(ff_width, width, ("mlp", "cond"), rngs=rngs)
+        self.norm2 = layers.LayerNorm(width, eps=1e-5, rngs=rngs)
 
-    def __call__(self, x_bsc: jax.Array, mask_bs: jax.Array, rng: jax.Array | None) -> jax.Array:
-        b, s, c = x_bsc.shape
-        keys = list(jax.random.split(rng, 4)) if rng is not None else [None] * 4
-        q, k, v = jnp.split(self.qkv(x_bsc).reshape(b, s, 3 * self.heads, -1), 3, axis=2)
-        logits_bhqk = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(c // self.heads)
-        logits_bhqk = jnp.where(mask_bs[:, None, None, :], logits_bhqk, -1e30)
-        weights = dropout(jax.nn.softmax(logits_bhqk, axis=-1), self.rate, keys[0])
-        attended = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, s, c)
-        x_bsc = self.norm1(x_bsc + dropout(self.attn_out(attended), self.rate, keys[1]))
-        hidden = dropout(jax.nn.relu(self.ff_in(x_bsc)), self.rate, keys[2])
-        return self.norm2(x_bsc + dropout(self.ff_out(hidden), self.rate, keys[3]))
+    def __call__(self, x_bsc: jax.Array, mask_bs: jax.Array, rngs: nnx.Rngs | None) -> jax.Array:
+        attended = self.self_attn(x_bsc, mask=mask_bs[:, None, None, :], rngs=rngs)
+        x_bsc = self.norm1(x_bsc + layers.dropout(attended, self.rate, rngs))
+        hidden = layers.dropout(jax.nn.relu(self.ff_in(x_bsc)), self.rate, rngs)
+        return self.norm2(x_bsc + layers.dropout(self.ff_out(hidden), self.rate, rngs))
 
 
 class SectionEncoder(nnx.Module):
@@ -215,12 +83,8 @@ class SectionEncoder(nnx.Module):
 
     def __init__(self, config: PhraseLDMConfig, *, rngs: nnx.Rngs):
         width = 2 * config.section_embed_dim
-        self.type_embed = partitioned_embed(
-            config.section_vocab_size, config.section_embed_dim, rngs=rngs
-        )
-        self.length_embed = partitioned_embed(
-            config.max_bars + 1, config.section_embed_dim, rngs=rngs
-        )
+        self.type_embed = _embed(config.section_vocab_size, config.section_embed_dim, rngs=rngs)
+        self.length_embed = _embed(config.max_bars + 1, config.section_embed_dim, rngs=rngs)
         self.layers = nnx.List(
             [
                 PostLNEncoderLayer(
@@ -248,9 +112,9 @@ class SectionEncoder(nnx.Module):
         types = jnp.clip(type_ids_bs, 0, self.vocab_size - 1)
         lengths = jnp.clip(lengths_bs, 0, self.max_bars)
         x_bsc = jnp.concatenate([self.type_embed(types), self.length_embed(lengths)], axis=-1)
-        layer_rngs = jax.random.split(rng, len(self.layers)) if rng is not None else None
-        for i, layer in enumerate(self.layers):
-            x_bsc = layer(x_bsc, mask_bs, None if layer_rngs is None else layer_rngs[i])
+        rngs = None if rng is None else nnx.Rngs(dropout=rng)
+        for layer in self.layers:
+            x_bsc = layer(x_bsc, mask_bs, rngs)
         return x_bsc
 
 
@@ -280,12 +144,12 @@ class ConditionEncoder(nnx.Module):
         self.memory_input_dim = config.memory_input_dim
         self.num_buckets = config.length_buckets
         self.max_bars = config.max_bars
-        null = partitioned(_embed_init, ("cond",))
+        null = layers.partitioned(_embed_init, ("cond",))
         if "length" in self.conditions:
-            self.length_embed = partitioned_embed(config.length_buckets, config.cond_dim, rngs=rngs)
+            self.length_embed = _embed(config.length_buckets, config.cond_dim, rngs=rngs)
             self.null_length = nnx.Param(null(rngs.params(), (config.cond_dim,)))
         if "bars" in self.conditions:
-            self.bars_embed = partitioned_embed(config.max_bars + 1, config.cond_dim, rngs=rngs)
+            self.bars_embed = _embed(config.max_bars + 1, config.cond_dim, rngs=rngs)
             self.null_bars = nnx.Param(null(rngs.params(), (config.cond_dim,)))
         if "sections" in self.conditions:
             self.section_encoder = SectionEncoder(config, rngs=rngs)
@@ -306,9 +170,11 @@ class ConditionEncoder(nnx.Module):
         keys = list(jax.random.split(rng, 4)) if rng is not None else [None] * 4
         global_bc = jnp.zeros((batch, self.cond_dim), jnp.float32)
         if "length" in self.conditions:
-            bucket = length_bucket(conditions["n_bars"], self.num_buckets)
+            bucket = jnp.clip(sections.length_bucket(conditions["n_bars"]), 0, self.num_buckets - 1)
             dropped = _drop_mask(keys[0], self.rate, batch, force_drop_b)
-            emb = jnp.where(dropped[:, None], self.null_length[...], self.length_embed(bucket))
+            emb = jnp.where(
+                dropped[:, None], self.null_length[...], self.length_embed(bucket.astype(jnp.int32))
+            )
             global_bc = global_bc + emb
         if "bars" in self.conditions:
             bars = jnp.clip(conditions["n_bars"], 0, self.max_bars)

@@ -2,7 +2,9 @@
 
 SPEC section 4. The layer layout and every numerical detail follow
 `diffusers.StableAudioDiTModel` (0.35.1) so released PyTorch weights convert
-(`convert_diffusers.py`); names below follow diffusers where it helps the mapping.
+(`phrase_jax/interop/ldm_from_diffusers.py`); names below follow diffusers where it helps the
+mapping. Attention, RoPE, norms and Dense layers are the shared ones (`layers.py`,
+`attention.py`); the hyper-parameters are `ldm_config.PhraseLDMConfig`.
 
 Shapes: B batch, N slots (512), D latent width (64), W model width (512), S = N + 1 (global token
 first), H heads, K key/value heads, E head width, M memory length.
@@ -10,7 +12,6 @@ first), H heads, K key/value heads, E head width, M memory length.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,72 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from phrase_jax.models.conditions import (
-    ConditionEncoder,
-    partitioned,
-    partitioned_layer_norm,
-    partitioned_linear,
-)
+from phrase_jax.models import layers
+from phrase_jax.models.attention import Attention
+from phrase_jax.models.conditions import ConditionEncoder
+from phrase_jax.models.ldm_config import PhraseLDMConfig
 
 
-@dataclasses.dataclass(frozen=True)
-class PhraseLDMConfig:
-    """Model hyper-parameters; defaults are the paper's unconditional PhraseLDM (SPEC 4)."""
-
-    n_slots: int = 512
-    latent_dim: int = 64
-    width: int = 512
-    num_layers: int = 6
-    num_heads: int = 16
-    head_dim: int = 32
-    num_kv_heads: int = 8  # cross-attention only; self-attention has num_heads K/V heads
-    ff_dim: int = 2048  # SwiGLU inner width (the input projection is 2 * ff_dim wide)
-    rope_dim: int = 16  # leading dims of each head rotated (diffusers: head_dim // 2)
-    rope_theta: float = 10000.0
-    time_features: int = 128  # [cos 2πtW, sin 2πtW] with W of half this size
-    time_scale: float = 1e-3  # t/1000 (default); 1.0 = raw integer steps (ref compatible)
-    cond_dim: int = 128  # global condition width (diffusers global_states_input_dim)
-    memory_dim: int = 128  # cross-attention K/V input width (diffusers cross_attention_dim)
-    norm_eps: float = 1e-5
-    conditions: tuple[str, ...] = ()  # subset of ("length", "bars", "sections")
-    condition_dropout: float = 0.1  # classifier-free guidance: p(drop) per condition
-    length_buckets: int = 128
-    max_bars: int = 128
-    section_vocab_size: int = 128
-    section_embed_dim: int = 128  # type and length embeddings; the encoder is twice as wide
-    section_layers: int = 3
-    section_heads: int = 8
-    section_ff_dim: int = 1024
-    section_dropout: float = 0.1
-    max_sections: int = 30
-    dtype: str = "float32"  # compute dtype; parameters stay float32
-    # Recompute each block's activations in the backward pass instead of keeping them: the
-    # 513 x 513 attention maps dominate training memory (paper size, batch 32: 20 GB on CPU).
-    remat: bool = False
-
-    def __post_init__(self):
-        object.__setattr__(self, "conditions", tuple(self.conditions))
-        if self.width != self.num_heads * self.head_dim:
-            raise ValueError(f"ldm config: width {self.width} != num_heads * head_dim")
-        if self.num_heads % self.num_kv_heads or self.rope_dim % 2 or self.rope_dim > self.head_dim:
-            raise ValueError(
-                "ldm config: num_heads must be a multiple of num_kv_heads and rope_dim even "
-                "and at most head_dim"
-            )
-
-    @property
-    def memory_input_dim(self) -> int:
-        """Width of the raw condition memory (diffusers cross_attention_input_dim)."""
-        return 2 * self.section_embed_dim if "sections" in self.conditions else self.memory_dim
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> PhraseLDMConfig:
-        """From a dict / ml_collections ConfigDict; unknown keys are an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"ldm config: unknown keys {unknown}; known: {sorted(names)}")
-        return cls(**dict(values))
+def _layer_norm(config: PhraseLDMConfig, *, rngs: nnx.Rngs) -> layers.LayerNorm:
+    return layers.LayerNorm(config.width, eps=config.norm_eps, rngs=rngs)
 
 
 def paper_config(conditions: tuple[str, ...] = (), **overrides) -> PhraseLDMConfig:
@@ -118,10 +61,10 @@ class ProjectionMLP(nnx.Module):
     """Dense → SiLU → Dense (diffusers nn.Sequential(Linear, SiLU, Linear))."""
 
     def __init__(self, d_in, d_out, names, *, use_bias: bool, dtype, rngs: nnx.Rngs):
-        self.dense_in = partitioned_linear(
+        self.dense_in = layers.xavier_dense(
             d_in, d_out, (names[0], "mlp"), use_bias=use_bias, dtype=dtype, rngs=rngs
         )
-        self.dense_out = partitioned_linear(
+        self.dense_out = layers.xavier_dense(
             d_out, d_out, ("mlp", names[1]), use_bias=use_bias, dtype=dtype, rngs=rngs
         )
 
@@ -129,68 +72,14 @@ class ProjectionMLP(nnx.Module):
         return self.dense_out(jax.nn.silu(self.dense_in(x)))
 
 
-def rotary_table(length: int, rope_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """cos, sin [length, rope_dim // 2] for positions 0..length-1 (global token = 0)."""
-    inv_freq = 1.0 / theta ** (np.arange(0, rope_dim, 2, dtype=np.float32) / rope_dim)
-    angles = np.arange(length, dtype=np.float32)[:, None] * inv_freq[None, :].astype(np.float32)
-    return jnp.asarray(np.cos(angles)), jnp.asarray(np.sin(angles))
-
-
-def apply_rotary(x_bshe: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotate-half RoPE on the leading 2 * cos.shape[-1] dims of each head, in fp32."""
-    half = cos.shape[-1]
-    x = x_bshe.astype(jnp.float32)
-    x1, x2, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
-    c, s = cos[None, :, None, :], sin[None, :, None, :]
-    rotated = jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s, rest], axis=-1)
-    return rotated.astype(x_bshe.dtype)
-
-
-class Attention(nnx.Module):
-    """Multi-head attention without biases; K/V may have fewer heads (grouped-query).
-
-    Query head h reads K/V head h // (num_heads // num_kv_heads), as diffusers'
-    repeat_interleave and jax.nn.dot_product_attention both do.
-    """
-
-    def __init__(self, width, kv_in, num_heads, num_kv_heads, head_dim, kv_name, *, dtype, rngs):
-        init = nnx.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
-        kv_heads_name = "kv_heads" if num_kv_heads != num_heads else "heads"
-
-        def param(shape, names, **kw):
-            return nnx.Param(partitioned(init, names)(rngs.params(), shape), **kw)
-
-        self.q_kernel = param((width, num_heads, head_dim), ("embed", "heads", "head_dim"))
-        self.k_kernel = param((kv_in, num_kv_heads, head_dim), (kv_name, kv_heads_name, "head_dim"))
-        self.v_kernel = param((kv_in, num_kv_heads, head_dim), (kv_name, kv_heads_name, "head_dim"))
-        out_init = nnx.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
-        self.out_kernel = nnx.Param(
-            partitioned(out_init, ("heads", "head_dim", "embed"))(
-                rngs.params(), (num_heads, head_dim, width)
-            )
-        )
-        self.dtype = dtype
-
-    def __call__(self, x_bsw, kv_bmc, *, mask_bm=None, rotary=None) -> jax.Array:
-        dt = self.dtype
-        q = jnp.einsum("bsw,whe->bshe", x_bsw.astype(dt), self.q_kernel[...].astype(dt))
-        k = jnp.einsum("bmc,che->bmhe", kv_bmc.astype(dt), self.k_kernel[...].astype(dt))
-        v = jnp.einsum("bmc,che->bmhe", kv_bmc.astype(dt), self.v_kernel[...].astype(dt))
-        if rotary is not None:
-            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-        mask = None if mask_bm is None else mask_bm[:, None, None, :]
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask)
-        return jnp.einsum("bshe,hew->bsw", out, self.out_kernel[...].astype(dt))
-
-
 class SwiGLU(nnx.Module):
     """Dense(W → 2F) split into value, gate; value * SiLU(gate); Dense(F → W); with biases."""
 
     def __init__(self, width: int, ff_dim: int, *, dtype, rngs: nnx.Rngs):
-        self.proj_in = partitioned_linear(
+        self.proj_in = layers.xavier_dense(
             width, 2 * ff_dim, ("embed", "mlp"), use_bias=True, dtype=dtype, rngs=rngs
         )
-        self.proj_out = partitioned_linear(
+        self.proj_out = layers.xavier_dense(
             ff_dim, width, ("mlp", "embed"), use_bias=True, dtype=dtype, rngs=rngs
         )
 
@@ -204,38 +93,37 @@ class DiTBlock(nnx.Module):
 
     def __init__(self, config: PhraseLDMConfig, *, rngs: nnx.Rngs):
         c, dt = config, jnp.dtype(config.dtype)
-        self.norm1 = partitioned_layer_norm(c.width, eps=c.norm_eps, rngs=rngs)
-        self.self_attn = Attention(
-            c.width, c.width, c.num_heads, c.num_heads, c.head_dim, "embed", dtype=dt, rngs=rngs
-        )
-        self.norm2 = partitioned_layer_norm(c.width, eps=c.norm_eps, rngs=rngs)
+        self.norm1 = _layer_norm(c, rngs=rngs)
+        self.self_attn = Attention(c.width, c.num_heads, c.head_dim, dtype=dt, rngs=rngs)
+        self.norm2 = _layer_norm(c, rngs=rngs)
         self.cross_attn = Attention(
             c.width,
-            c.memory_dim,
             c.num_heads,
-            c.num_kv_heads,
             c.head_dim,
-            "cond",
+            kv_features=c.memory_dim,
+            num_kv_heads=c.num_kv_heads,
+            kv_axis="cond",
             dtype=dt,
             rngs=rngs,
         )
-        self.norm3 = partitioned_layer_norm(c.width, eps=c.norm_eps, rngs=rngs)
+        self.norm3 = _layer_norm(c, rngs=rngs)
         self.ff = SwiGLU(c.width, c.ff_dim, dtype=dt, rngs=rngs)
         self.dtype = dt
 
-    def __call__(self, h_bsw, memory_bmc, memory_mask_bm, rotary) -> jax.Array:
-        """h_bsw float32 [B, S, W] (the residual stream stays fp32 under bf16 compute)."""
+    def __call__(self, h_bsw, memory_bmc, memory_mask_b11m, rotary) -> jax.Array:
+        """h_bsw float32 [B, S, W] (the residual stream stays fp32 under bf16 compute);
+        memory_mask_b11m bool [B, 1, 1, M] or None; rotary (cos, sin) [S, rope_dim // 2]."""
         norm = lambda layer, x: layer(x).astype(self.dtype)
         f32 = lambda y: y.astype(jnp.float32)
         normed = norm(self.norm1, h_bsw)
-        h_bsw = h_bsw + f32(self.self_attn(normed, normed, rotary=rotary))
+        h_bsw = h_bsw + f32(self.self_attn(normed, rotary=rotary))
         normed = norm(self.norm2, h_bsw)
-        h_bsw = h_bsw + f32(self.cross_attn(normed, memory_bmc, mask_bm=memory_mask_bm))
+        h_bsw = h_bsw + f32(self.cross_attn(normed, memory_bmc, mask=memory_mask_b11m))
         return h_bsw + f32(self.ff(norm(self.norm3, h_bsw)))
 
 
-def _call_block(block: DiTBlock, h_bsw, memory_bmc, memory_mask_bm, rotary) -> jax.Array:
-    return block(h_bsw, memory_bmc, memory_mask_bm, rotary)
+def _call_block(block: DiTBlock, h_bsw, memory_bmc, memory_mask_b11m, rotary) -> jax.Array:
+    return block(h_bsw, memory_bmc, memory_mask_b11m, rotary)
 
 
 class PhraseLDM(nnx.Module):
@@ -262,17 +150,17 @@ class PhraseLDM(nnx.Module):
             c.memory_input_dim, c.memory_dim, ("cond", "cond"), use_bias=False, dtype=dt, rngs=rngs
         )
         # 1x1 convolutions are per-slot Dense layers; (None, latent) avoids naming one axis twice.
-        self.preprocess_conv = partitioned_linear(
+        self.preprocess_conv = layers.xavier_dense(
             c.latent_dim, c.latent_dim, (None, "latent"), use_bias=False, dtype=dt, rngs=rngs
         )
-        self.proj_in = partitioned_linear(
+        self.proj_in = layers.xavier_dense(
             c.latent_dim, c.width, ("latent", "embed"), use_bias=False, dtype=dt, rngs=rngs
         )
         self.blocks = nnx.List([DiTBlock(c, rngs=rngs) for _ in range(c.num_layers)])
-        self.proj_out = partitioned_linear(
+        self.proj_out = layers.xavier_dense(
             c.width, c.latent_dim, ("embed", "latent"), use_bias=False, dtype=dt, rngs=rngs
         )
-        self.postprocess_conv = partitioned_linear(
+        self.postprocess_conv = layers.xavier_dense(
             c.latent_dim, c.latent_dim, (None, "latent"), use_bias=False, dtype=dt, rngs=rngs
         )
 
@@ -309,10 +197,11 @@ class PhraseLDM(nnx.Module):
         h_bnw = self.proj_in(x_bnd + self.preprocess_conv(x_bnd))
         h_bsw = jnp.concatenate([global_bw[:, None, :], h_bnw], axis=1).astype(jnp.float32)
         memory = self.memory_proj(memory_bmc.astype(dt))
-        rotary = rotary_table(h_bsw.shape[1], c.rope_dim, c.rope_theta)
+        rotary = layers.rotary_table(h_bsw.shape[1], c.rope_dim, c.rope_theta)
+        mask_b11m = None if memory_mask_bm is None else memory_mask_bm[:, None, None, :]
         run_block = nnx.remat(_call_block) if c.remat else _call_block
         for block in self.blocks:
-            h_bsw = run_block(block, h_bsw, memory, memory_mask_bm, rotary)
+            h_bsw = run_block(block, h_bsw, memory, mask_b11m, rotary)
         y_bnd = self.proj_out(h_bsw.astype(dt))[:, 1:]
         return (y_bnd + self.postprocess_conv(y_bnd)).astype(jnp.float32)
 

@@ -1,5 +1,7 @@
-"""Shared transformer layers: norms, multi-head attention, RoPE, MLP (T5's relative position
-bias lives in `relative_position.py`).
+"""The models' building blocks: the partitioned-parameter helper, dropout, norms, Dense, the T5
+MLP and RoPE. Attention is in `attention.py`, T5's relative position bias in
+`relative_position.py`; T5 (`t5.py`), the DiT (`dit.py`) and the condition encoders
+(`conditions.py`) are built from these alone.
 
 Every parameter carries logical axis names (docs/design.md) through `partitioned`, so one rules
 table in the config can shard them. Parameters are float32 (`param_dtype`); activations run in
@@ -16,7 +18,6 @@ import numpy as np
 from flax import nnx
 
 Initializer = Callable[..., jax.Array]
-NEG_INF = float(np.finfo(np.float32).min)
 
 
 def partitioned(init: Initializer, names: Sequence[str | None]) -> Initializer:
@@ -134,6 +135,27 @@ class Dense(nnx.Module):
         return y
 
 
+def xavier_dense(
+    in_features: int,
+    out_features: int,
+    names: tuple[str | None, str | None],
+    *,
+    use_bias: bool = True,
+    dtype=jnp.float32,
+    rngs: nnx.Rngs,
+) -> Dense:
+    """Dense with a xavier-uniform kernel and zero bias: the DiT's and condition encoders' init."""
+    return Dense(
+        in_features,
+        out_features,
+        names,
+        use_bias=use_bias,
+        kernel_init=nnx.initializers.xavier_uniform(),
+        dtype=dtype,
+        rngs=rngs,
+    )
+
+
 class FeedForward(nnx.Module):
     """T5 DenseActDense: wo(dropout(act(wi(x)))), no biases. wi [embed, mlp], wo [mlp, embed]."""
 
@@ -176,161 +198,27 @@ class FeedForward(nnx.Module):
         return self.wo(h)
 
 
-def apply_rope(
-    x_bthk: jax.Array, positions_bt: jax.Array, *, rotary_dims: int, theta: float = 10000.0
-) -> jax.Array:
-    """Rotary embedding (rotate-half) on the first `rotary_dims` of each head's dims."""
-    if rotary_dims == 0:
-        return x_bthk
-    half = rotary_dims // 2
-    inv_freq = 1.0 / (theta ** (np.arange(half, dtype=np.float32) * 2.0 / rotary_dims))
-    angles_bt1f = positions_bt.astype(jnp.float32)[:, :, None, None] * inv_freq
-    cos, sin = jnp.cos(angles_bt1f), jnp.sin(angles_bt1f)
-    rot = x_bthk[..., :rotary_dims].astype(jnp.float32)
-    first, second = rot[..., :half], rot[..., half:]
-    rotated = jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
-    return jnp.concatenate([rotated.astype(x_bthk.dtype), x_bthk[..., rotary_dims:]], axis=-1)
+def rotary_table(
+    length: int, rope_dims: int, theta: float = 10000.0
+) -> tuple[jax.Array, jax.Array]:
+    """RoPE cos, sin float32 [length, rope_dims // 2] for positions 0..length-1.
 
-
-class MultiHeadAttention(nnx.Module):
-    """Multi-head attention with optional grouped K/V heads, additive bias, boolean mask, RoPE.
-
-    Kernels: query [in, heads, head_dim], key/value [kv_in, kv_heads, head_dim], out
-    [heads, head_dim, in]. `logit_scale` multiplies q·k (T5 uses 1.0; default 1/sqrt(head_dim)).
-    Masks are boolean, True = may attend, broadcastable to [B, H, Q, K].
+    Computed in numpy at trace time (the length is static); the DiT's parity test compares it
+    with diffusers' `get_1d_rotary_pos_embed`.
     """
+    inv_freq = 1.0 / theta ** (np.arange(0, rope_dims, 2, dtype=np.float32) / rope_dims)
+    angles = np.arange(length, dtype=np.float32)[:, None] * inv_freq[None, :].astype(np.float32)
+    return jnp.asarray(np.cos(angles)), jnp.asarray(np.sin(angles))
 
-    def __init__(
-        self,
-        in_features: int,
-        num_heads: int,
-        head_dim: int,
-        *,
-        kv_features: int | None = None,
-        num_kv_heads: int | None = None,
-        logit_scale: float | None = None,
-        use_bias: bool = False,
-        dropout_rate: float = 0.0,
-        rope_dims: int = 0,
-        rope_theta: float = 10000.0,
-        query_init: Initializer | None = None,
-        key_init: Initializer | None = None,
-        value_init: Initializer | None = None,
-        out_init: Initializer | None = None,
-        dtype=jnp.float32,
-        param_dtype=jnp.float32,
-        rngs: nnx.Rngs,
-    ):
-        kv_features = kv_features or in_features
-        num_kv_heads = num_kv_heads or num_heads
-        if num_heads % num_kv_heads:
-            raise ValueError(f"num_heads {num_heads} is not a multiple of kv heads {num_kv_heads}")
-        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
-        self.logit_scale = head_dim**-0.5 if logit_scale is None else logit_scale
-        self.dropout_rate = dropout_rate
-        self.rope_dims, self.rope_theta = rope_dims, rope_theta
-        self.dtype = dtype
-        kv_axis = "heads" if num_kv_heads == num_heads else "kv_heads"
-        fan_in = nnx.initializers.variance_scaling(
-            1.0, "fan_in", "normal", in_axis=0, out_axis=(1, 2)
-        )
-        fan_in_out = nnx.initializers.variance_scaling(
-            1.0, "fan_in", "normal", in_axis=(0, 1), out_axis=2
-        )
 
-        def kernel(init, names, shape):
-            return nnx.Param(partitioned(init, names)(rngs.params(), shape, param_dtype))
+def apply_rope(x_bthk: jax.Array, cos_tf: jax.Array, sin_tf: jax.Array) -> jax.Array:
+    """Rotate-half RoPE on the leading 2F dims of each head (F = cos_tf.shape[-1]), in float32.
 
-        def bias(names, shape):
-            return nnx.Param(partitioned(nnx.initializers.zeros, names)(None, shape, param_dtype))
-
-        self.query = kernel(
-            query_init or fan_in, ("embed", "heads", "head_dim"), (in_features, num_heads, head_dim)
-        )
-        self.key = kernel(
-            key_init or fan_in,
-            ("embed", kv_axis, "head_dim"),
-            (kv_features, num_kv_heads, head_dim),
-        )
-        self.value = kernel(
-            value_init or fan_in,
-            ("embed", kv_axis, "head_dim"),
-            (kv_features, num_kv_heads, head_dim),
-        )
-        self.out = kernel(
-            out_init or fan_in_out,
-            ("heads", "head_dim", "embed"),
-            (num_heads, head_dim, in_features),
-        )
-        if use_bias:
-            self.query_bias = bias(("heads", "head_dim"), (num_heads, head_dim))
-            self.key_bias = bias((kv_axis, "head_dim"), (num_kv_heads, head_dim))
-            self.value_bias = bias((kv_axis, "head_dim"), (num_kv_heads, head_dim))
-            self.out_bias = bias(("embed",), (in_features,))
-        else:
-            self.query_bias = self.key_bias = self.value_bias = self.out_bias = None
-
-    def _project(self, x, kernel, bias):
-        y = jnp.einsum("btd,dhk->bthk", x.astype(self.dtype), kernel[...].astype(self.dtype))
-        return y if bias is None else y + bias[...].astype(self.dtype)
-
-    def project_query(self, x_btd: jax.Array, positions_bt: jax.Array | None = None):
-        """q [B, T, heads, head_dim], RoPE applied when configured (needs positions)."""
-        q = self._project(x_btd, self.query, self.query_bias)
-        if self.rope_dims:
-            q = apply_rope(q, positions_bt, rotary_dims=self.rope_dims, theta=self.rope_theta)
-        return q
-
-    def project_key_value(self, x_bsd: jax.Array, positions_bs: jax.Array | None = None):
-        """(k, v), each [B, S, kv_heads, head_dim]; a K/V cache stores exactly these."""
-        k = self._project(x_bsd, self.key, self.key_bias)
-        if self.rope_dims:
-            k = apply_rope(k, positions_bs, rotary_dims=self.rope_dims, theta=self.rope_theta)
-        return k, self._project(x_bsd, self.value, self.value_bias)
-
-    def attend(
-        self, q_bthk, k, v, *, bias=None, mask=None, rngs=None, kv_layout: str = "bshk"
-    ) -> jax.Array:
-        """Attention output [B, T, in_features] from projected q, k, v.
-
-        k, v: [B, S, kv_heads, head_dim] (`kv_layout="bshk"`, what `project_key_value` returns)
-        or [B, kv_heads, S, head_dim] (`"bhsk"`: a decoding cache in this layout feeds the
-        batched q·k and weights·v dots directly; in "bshk" XLA CPU transposes the whole cache
-        every step). bias: float, broadcastable to [B, H, T, S]; mask: bool, likewise.
-        """
-        if kv_layout not in ("bshk", "bhsk"):
-            raise ValueError(f"kv_layout {kv_layout!r}: use 'bshk' or 'bhsk'")
-        groups = self.num_heads // self.num_kv_heads
-        if groups > 1:
-            k = jnp.repeat(k, groups, axis=kv_layout.index("h"))
-            v = jnp.repeat(v, groups, axis=kv_layout.index("h"))
-        scores = jnp.einsum(
-            f"bthk,{kv_layout}->bhts", q_bthk, k, preferred_element_type=jnp.float32
-        )
-        scores = scores * self.logit_scale
-        if bias is not None:
-            scores = scores + bias
-        if mask is not None:
-            scores = jnp.where(mask, scores, NEG_INF)
-        weights = dropout(jax.nn.softmax(scores, axis=-1), self.dropout_rate, rngs)
-        context = jnp.einsum(f"bhts,{kv_layout}->bthk", weights.astype(self.dtype), v)
-        y = jnp.einsum("bthk,hkd->btd", context, self.out[...].astype(self.dtype))
-        return y if self.out_bias is None else y + self.out_bias[...].astype(self.dtype)
-
-    def __call__(
-        self,
-        x_btd: jax.Array,
-        memory_bsd: jax.Array | None = None,
-        *,
-        bias=None,
-        mask=None,
-        positions_bt=None,
-        memory_positions_bs=None,
-        rngs: nnx.Rngs | None = None,
-    ) -> jax.Array:
-        """Self-attention when `memory_bsd` is None, else cross-attention to it."""
-        if memory_bsd is None:
-            memory_bsd, memory_positions_bs = x_btd, positions_bt
-        q = self.project_query(x_btd, positions_bt)
-        k, v = self.project_key_value(memory_bsd, memory_positions_bs)
-        return self.attend(q, k, v, bias=bias, mask=mask, rngs=rngs)
+    x [B, T, heads, head_dim]; cos, sin [T, F] from `rotary_table`. Dims past 2F pass through.
+    """
+    half = cos_tf.shape[-1]
+    x = x_bthk.astype(jnp.float32)
+    first, second, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
+    cos, sin = cos_tf[None, :, None, :], sin_tf[None, :, None, :]
+    rotated = jnp.concatenate([first * cos - second * sin, second * cos + first * sin, rest], -1)
+    return rotated.astype(x_bthk.dtype)

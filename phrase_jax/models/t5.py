@@ -1,9 +1,9 @@
 """T5 v1.0 encoder and decoder stacks (pre-norm RMSNorm, relative position bias, ReLU MLP).
 
-Layout follows transformers' `T5Stack` so that `convert_torch.py` is a renaming: one relative
-position bias per stack (transformers keeps it in block 0 and shares it), no 1/sqrt(d) in the
-attention logits, no biases, dropout on embeddings, attention weights, sublayer outputs, the MLP
-hidden layer and the stack output. The decoder also offers a key/value-cached single step.
+Layout follows transformers' `T5Stack` so that `interop/vae_from_torch.py` is a renaming: one
+relative position bias per stack (transformers keeps it in block 0 and shares it), no 1/sqrt(d)
+in the attention logits, no biases, dropout on embeddings, attention weights, sublayer outputs,
+the MLP hidden layer and the stack output. The decoder also offers a key/value-cached single step.
 """
 
 from __future__ import annotations
@@ -12,18 +12,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from phrase_jax.models import layers, relative_position
+from phrase_jax.models import attention, layers, relative_position
 
 
-def _attention(c, *, rngs: nnx.Rngs) -> layers.MultiHeadAttention:
+def _attention(c, *, rngs: nnx.Rngs) -> attention.Attention:
     # transformers' T5 init (mesh-tensorflow): q ~ N(0, (d*dk)^-1/2), k, v ~ N(0, d^-1/2).
     inner = c.num_heads * c.head_dim
-    return layers.MultiHeadAttention(
+    return attention.Attention(
         c.d_model,
         c.num_heads,
         c.head_dim,
         logit_scale=1.0,
-        use_bias=False,
         dropout_rate=c.dropout_rate,
         query_init=layers.normal_init((c.d_model * c.head_dim) ** -0.5),
         key_init=layers.normal_init(c.d_model**-0.5),
@@ -130,7 +129,7 @@ class DecoderLayer(nnx.Module):
     def step(self, x_b1d, position, layer_cache, bias_row, mask_row, cross_mask):
         """One cached position: x [B, 1, D] → (x [B, 1, D], updated self_k, self_v).
 
-        Every cached K/V is heads-first, [B, H, S, Dh] (see `MultiHeadAttention.attend`).
+        Every cached K/V is heads-first, [B, H, S, Dh] (see `attention.Attention.attend`).
         """
         normed = self.self_attention_norm(x_b1d)
         q = self.self_attention.project_query(normed)

@@ -88,8 +88,9 @@ def as_config(config: VAEConfig | Mapping[str, Any]) -> VAEConfig:
 class Bottleneck(nnx.Module):
     """Multi-query compression: [B, Q, D] states ↔ (mean, logvar) [B, latent] ↔ memory [B, Q, D].
 
-    Reference (PyTorch) names: `layer_norm`, `proj`, `post_proj` (see convert_torch.py). It
-    always computes in float32, also under bf16: its means are the latents the LDM learns.
+    Reference (PyTorch) names: `layer_norm`, `proj`, `post_proj` (see
+    `interop/vae_from_torch.py`). It always computes in float32, also under bf16: its means are
+    the latents the LDM learns.
     """
 
     def __init__(self, config: VAEConfig, *, rngs: nnx.Rngs):

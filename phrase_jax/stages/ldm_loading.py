@@ -23,7 +23,8 @@ from jax.sharding import Mesh
 from data_pipelines import ldm_pipeline
 from phrase_jax import config_lib
 from phrase_jax.diffusion import schedules
-from phrase_jax.models import conditions, dit
+from phrase_jax.models import dit
+from phrase_jax.music import sections
 from phrase_jax.stages import train_ldm, train_vae, vae_loading
 from phrase_jax.training import checkpointing, train_state
 
@@ -41,7 +42,7 @@ class LoadedLDM:
     model: dit.PhraseLDM
     config: ml_collections.ConfigDict
     schedule: schedules.Schedule
-    section_vocab: conditions.SectionVocab
+    section_vocab: sections.SectionVocab
     step: int
     used_ema: bool
     workdir: str
@@ -75,7 +76,7 @@ def load_ldm(
     )
     if config.get("stage") != "train_ldm":
         raise ValueError(f"{workdir}/config.json: stage {config.get('stage')!r}, not train_ldm")
-    vocab = conditions.SectionVocab.load(os.path.join(workdir, train_ldm.SECTION_VOCAB))
+    vocab = sections.SectionVocab.load(os.path.join(workdir, train_ldm.SECTION_VOCAB))
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise FileNotFoundError(f"{workdir}/checkpoints: none; train the LDM first")
     spec, _, _ = train_ldm.build_state_spec(config, mesh)

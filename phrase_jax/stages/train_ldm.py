@@ -27,7 +27,8 @@ from flax import nnx
 from data_pipelines import ldm_pipeline
 from phrase_jax import config_lib
 from phrase_jax.diffusion import losses, schedules
-from phrase_jax.models import conditions, dit
+from phrase_jax.models import dit
+from phrase_jax.music import sections
 from phrase_jax.training import checkpointing, loop, metrics, optim, sharding, train_state
 
 SECTION_VOCAB = "section_vocab.json"
@@ -95,11 +96,11 @@ def check_latents(config, manifest: dict) -> None:
             )
 
 
-def section_vocabulary(config, manifest: dict, workdir: str) -> conditions.SectionVocab:
+def section_vocabulary(config, manifest: dict, workdir: str) -> sections.SectionVocab:
     """Sorted section vocabulary of the train songs; saved to (or checked against) the
     workdir's section_vocab.json, so a resumed run and the sampler use the same ids."""
     train_sections = [s["sections"] or [] for s in manifest["songs"] if s["split"] == "train"]
-    vocab = conditions.SectionVocab.build(train_sections)
+    vocab = sections.SectionVocab.build(train_sections)
     if len(vocab) > config.model.section_vocab_size:
         raise ValueError(
             f"{len(vocab)} section types exceed config model.section_vocab_size="
@@ -107,7 +108,7 @@ def section_vocabulary(config, manifest: dict, workdir: str) -> conditions.Secti
         )
     path = os.path.join(workdir, SECTION_VOCAB)
     if os.path.exists(path):
-        saved = conditions.SectionVocab.load(path)
+        saved = sections.SectionVocab.load(path)
         if saved.types != vocab.types:
             raise ValueError(
                 f"{path}: differs from the vocabulary of {config.latents.dir}'s train songs; "

@@ -18,7 +18,8 @@ import numpy as np
 from flax import nnx
 
 from phrase_jax.models.conditions import ConditionEncoder
-from phrase_jax.models.dit import PhraseLDM, PhraseLDMConfig
+from phrase_jax.models.dit import PhraseLDM
+from phrase_jax.models.ldm_config import PhraseLDMConfig
 
 
 def config_from_diffusers(
@@ -105,11 +106,11 @@ def diffusers_key_map(config: PhraseLDMConfig) -> dict[str, tuple[tuple, Any]]:
             ("attn1", "self_attn", h),
             ("attn2", "cross_attn", config.num_kv_heads),
         ):
-            mapping[f"{src}.{theirs}.to_q.weight"] = ((*dst, ours, "q_kernel"), heads_in(h))
-            mapping[f"{src}.{theirs}.to_k.weight"] = ((*dst, ours, "k_kernel"), heads_in(kv_heads))
-            mapping[f"{src}.{theirs}.to_v.weight"] = ((*dst, ours, "v_kernel"), heads_in(kv_heads))
+            mapping[f"{src}.{theirs}.to_q.weight"] = ((*dst, ours, "query"), heads_in(h))
+            mapping[f"{src}.{theirs}.to_k.weight"] = ((*dst, ours, "key"), heads_in(kv_heads))
+            mapping[f"{src}.{theirs}.to_v.weight"] = ((*dst, ours, "value"), heads_in(kv_heads))
             mapping[f"{src}.{theirs}.to_out.0.weight"] = (
-                (*dst, ours, "out_kernel"),
+                (*dst, ours, "out"),
                 lambda w: w.T.reshape(h, e, w.shape[0]),
             )
         mapping[f"{src}.ff.net.0.proj.weight"] = ((*dst, "ff", "proj_in", "kernel"), _linear)

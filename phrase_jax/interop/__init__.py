@@ -1,0 +1,4 @@
+"""PyTorch interop: reference checkpoints → our NNX models. `vae_from_torch` reads the official
+PhraseVAE (transformers T5 + bottleneck) state dict, `ldm_from_diffusers` a diffusers
+`StableAudioDiTModel` one. Torch itself is never imported here (tensors or numpy arrays are
+accepted). Models never import this package; it imports the models."""
