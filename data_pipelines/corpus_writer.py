@@ -100,6 +100,11 @@ def write_corpus(
         cut = [i.get("tail_bars_cut_to_labels", 0) for i in infos]
         facts["songs_cut_to_section_labels"] = sum(c > 0 for c in cut)
     facts["dropped_track_phrases_in_layout"] = sum(r["song"]["dropped_tracks"] for r in ldm)
+    dropped_by_song = {r["name"]: r["dropped"] for r in results.values() if r.get("dropped")}
+    dropped_total: dict[str, int] = {}
+    for counts in dropped_by_song.values():
+        for reason, n in counts.items():
+            dropped_total[reason] = dropped_total.get(reason, 0) + n
 
     all_lengths = {kind: {} for kind in ("phrases", "bars")}
     for by_kind in lengths.values():
@@ -123,7 +128,9 @@ def write_corpus(
             "skip_reasons": _count(_reason_class(r["skip_reason"]) for r in skipped),
             "ldm_reject_reasons": _count(_reason_class(r["ldm_reject"]) for r in rejected),
             "dataset_facts": facts,
+            "dropped": dict(sorted(dropped_total.items())),
         },
+        "dropped_by_song": dropped_by_song,
         "splits": splits,
         "ldm_splits": {
             s: [n for n in names if n in ok and ok[n]["song"] is not None]

@@ -25,7 +25,7 @@ from absl import flags
 from ml_collections import config_flags
 
 TRAIN_STAGES = ("train_vae", "train_ldm")
-STAGES = ("train_vae", "extract_latents", "train_ldm", "sample", "evaluate")
+STAGES = ("prepare", "train_vae", "extract_latents", "train_ldm", "sample", "evaluate")
 VAE_MODES = ("span_infill", "autoencoder", "vae")
 # Keys the training infrastructure reads (training/*.py); stage code may require more.
 TRAIN_KEYS = (
@@ -34,6 +34,7 @@ TRAIN_KEYS = (
     "checkpoint.every_steps", "checkpoint.max_to_keep",
 )  # fmt: skip
 REQUIRED_KEYS = {
+    "prepare": ("dataset", "input_dir"),
     "train_vae": TRAIN_KEYS + ("model.mode",),
     "train_ldm": TRAIN_KEYS,
     "extract_latents": ("seed",),

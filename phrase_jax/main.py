@@ -56,6 +56,12 @@ _STALL_TIMEOUT = flags.DEFINE_float(
 # (and reports clearly) before a stage module exists; no module path is ever built from input.
 
 
+def _prepare():
+    from phrase_jax.stages import prepare
+
+    return prepare.run
+
+
 def _train_vae():
     from phrase_jax.stages import train_vae
 
@@ -87,6 +93,7 @@ def _evaluate():
 
 
 STAGE_RUNNERS: dict[str, Callable[[], Callable]] = {
+    "prepare": _prepare,
     "train_vae": _train_vae,
     "extract_latents": _extract_latents,
     "train_ldm": _train_ldm,
