@@ -17,6 +17,7 @@ import collections
 import dataclasses
 import io
 import os
+import re
 import warnings
 from fractions import Fraction
 
@@ -108,8 +109,21 @@ def _parse(path, data: bytes) -> mido.MidiFile:
     except EOFError as exc:
         raise MidiReadError(f"{path}: file ends early (truncated MIDI data)") from exc
     except Exception as exc:  # noqa: BLE001 - mido raises many unrelated types on bad bytes
-        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
-        raise MidiReadError(f"{path}: not a readable MIDI file ({reason})") from exc
+        raise MidiReadError(f"{path}: not a readable MIDI file ({_in_midi_terms(exc)})") from exc
+
+
+def _in_midi_terms(exc: Exception) -> str:
+    """mido's parse errors, said in terms of the file."""
+    text = " ".join(str(exc).split())
+    if "data byte must be in range" in text:
+        return "damaged event data: a data byte above 127"
+    if "MTrk" in text:
+        return "damaged track: no MTrk header where a track should start"
+    if match := re.search(r"is not a valid `(\w+)`", text):
+        return f"invalid {match.group(1)} in a meta event"
+    if "MThd" in text:
+        return "damaged file header"
+    return text[:120] or type(exc).__name__
 
 
 def _scan(path, midi: mido.MidiFile, limits: ReadLimits) -> ScanReport:
