@@ -21,7 +21,8 @@ from array_record.python import array_record_module
 from data_pipelines import corpus_stats
 from phrase_jax.music import vocab
 
-FORMAT_VERSION = 1  # bump when records or per-song results change (invalidates caches)
+FORMAT_VERSION = 2  # bump when records or per-song results change (invalidates caches)
+# 2: bounded reading, meter filtering, chorale pickups, dropped notes by reason, track_choice
 KINDS = ("phrases", "bars", "songs")
 
 

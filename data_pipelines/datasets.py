@@ -17,14 +17,12 @@ from collections.abc import Callable
 
 import numpy as np
 
+from data_pipelines import chorale_export
 from phrase_jax.music import events, keys, layout, midi_io, midi_limits
 
 # POP909 track names -> General MIDI programs (SPEC 1.6: melody, secondary melody, piano).
 POP909_PROGRAMS = {"MELODY": 13, "BRIDGE": 25, "PIANO": 0}
-# Chorale voices soprano, alto, tenor, bass -> violin, viola, cello, contrabass: four distinct
-# programs, so the tokenizer keeps them as four tracks instead of merging same-program tracks.
-CHORALE_PROGRAMS = (40, 41, 42, 43)
-CHORALE_VOICES = ("soprano", "alto", "tenor", "bass")
+CHORALE_PROGRAMS = chorale_export.CHORALE_PROGRAMS
 MIDI_SUFFIXES = (".mid", ".midi", ".kar")
 _SECTION_LABEL = re.compile(r"([A-Za-z])(\d+)")
 
@@ -270,55 +268,13 @@ def _list_chorales(input_dir: str | None, work_dir: str) -> list[SongSource]:
     return sorted((SongSource(pathlib.Path(p).stem, str(p)) for p in paths), key=lambda s: s.name)
 
 
-def _satb_parts(score) -> list:
-    """The soprano, alto, tenor and bass parts, by name (chorales with instruments) or order."""
-    parts = list(score.parts)
-    by_voice = {}
-    for part in parts:
-        words = (part.partName or "").split()
-        if words and words[0].lower() in CHORALE_VOICES and words[0].lower() not in by_voice:
-            by_voice[words[0].lower()] = part
-    if len(by_voice) == len(CHORALE_VOICES):
-        return [by_voice[voice] for voice in CHORALE_VOICES]
-    if len(parts) == len(CHORALE_VOICES):
-        return parts
-    raise ValueError(f"{len(parts)} parts without soprano/alto/tenor/bass names, expected SATB")
-
-
-def export_chorale_midi(score_path: str, midi_path: str) -> None:
-    """Writes the four voices of a chorale as MIDI (480 ticks/quarter, one track per voice);
-    instrumental parts (horns, continuo, ...) are left out."""
-    import music21
-    from music21 import instrument
-
-    score = music21.converter.parse(score_path)
-    voices = _satb_parts(score)
-    for part in list(score.parts):
-        if not any(part is voice for voice in voices):
-            score.remove(part)
-    for part, program in zip(voices, CHORALE_PROGRAMS, strict=True):
-        for old in list(part.recurse().getElementsByClass(instrument.Instrument)):
-            old.activeSite.remove(old)
-        voice = instrument.Instrument()
-        voice.midiProgram = program
-        part.insert(0, voice)
-    music21.defaults.ticksPerQuarter = 480
-    midi_file = music21.midi.translate.streamToMidiFile(score)
-    tmp = f"{midi_path}.tmp{os.getpid()}"
-    midi_file.open(tmp, "wb")
-    try:
-        midi_file.write()
-    finally:
-        midi_file.close()
-    os.replace(tmp, midi_path)
-
-
 def _load_chorale(source: SongSource, settings: DatasetSettings, work_dir: str) -> LoadedSong:
     midi_dir = pathlib.Path(work_dir) / "chorale_midi"
     midi_dir.mkdir(parents=True, exist_ok=True)
-    midi_path = midi_dir / f"{source.name}.mid"
-    if not midi_path.exists():  # cached: the export is the slow part
-        export_chorale_midi(source.path, str(midi_path))
+    # Cached (the export is the slow part); the version names the export's format.
+    midi_path = midi_dir / f"{source.name}.v{chorale_export.EXPORT_VERSION}.mid"
+    if not midi_path.exists():
+        chorale_export.export_chorale_midi(source.path, str(midi_path))
     song, dropped, info = read_song(str(midi_path), settings, source.name)
     info["midi"] = str(midi_path)
     if settings.trim_silent_bars:
