@@ -257,8 +257,9 @@ def prepare(
             if cached.get("source_id") == _file_identity(source.path):
                 continue
         jobs.append((dataset, source, settings, str(out), str(path)))
-    workers = workers or os.cpu_count() or 1
     job_limits = job_limits or isolated_workers.JobLimits()
+    job_limits.validate()
+    workers = min(workers or os.cpu_count() or 1, job_limits.max_workers())
     log(
         f"[prepare] {dataset}: {len(sources)} songs, {len(sources) - len(jobs)} cached, "
         f"{len(jobs)} to process with {min(workers, max(len(jobs), 1))} workers"

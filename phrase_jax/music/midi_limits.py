@@ -5,7 +5,7 @@ every event once, and rejects a file past a limit with `MidiReadError("<file>: <
 line naming the limit. Only then does pretty_midi build notes and its tick-to-seconds table, whose
 size is proportional to the last tick: our limits on song length (quarter notes) and resolution
 replace pretty_midi's "largest tick ... likely corrupt" heuristic, so valid high-resolution
-(e.g. 10080 ticks per quarter) and long files load.
+(e.g. 10080 ticks per quarter, read at 480) and long files load.
 
 What the scan repairs, it counts (`ScanReport.dropped`): tempo events of 0 microseconds per
 quarter (they would divide by zero), note-ons that no note-off ends (pretty_midi drops them).
@@ -28,10 +28,10 @@ import pretty_midi.pretty_midi as pretty_midi_module
 from phrase_jax.music import bar_grid
 
 # Resolution the events are rescaled to when a file has more ticks per quarter: a multiple of
-# the 12-per-quarter grid (grid positions stay exact) fine enough that rounding to it moves no
-# note by more than 1/80 of a grid step, and small enough that pretty_midi's per-tick table stays
-# bounded (8 bytes per tick).
-READ_RESOLUTION = 960
+# the 12-per-quarter grid (grid positions stay exact), fine enough that rounding to it moves no
+# note by more than half a tick (1/80 of a grid step), and small enough that pretty_midi's two
+# per-tick tables (8 bytes per tick each) stay bounded: 40,000 quarters -> 2 x 154 MB.
+READ_RESOLUTION = 480
 
 
 class MidiReadError(ValueError):
