@@ -18,12 +18,13 @@ from collections.abc import Callable
 import numpy as np
 
 from data_pipelines import chorale_export
-from phrase_jax.music import events, keys, layout, midi_io, midi_limits
+from phrase_jax.music import events, keys, layout, midi_io, midi_limits, remiz_reading
 
 # POP909 track names -> General MIDI programs (SPEC 1.6: melody, secondary melody, piano).
 POP909_PROGRAMS = {"MELODY": 13, "BRIDGE": 25, "PIANO": 0}
 CHORALE_PROGRAMS = chorale_export.CHORALE_PROGRAMS
 MIDI_SUFFIXES = (".mid", ".midi", ".kar")
+READINGS = ("default", "remiz")
 _SECTION_LABEL = re.compile(r"([A-Za-z])(\d+)")
 
 
@@ -37,6 +38,11 @@ class DatasetSettings:
     slots_per_bar: int = 4  # LDM layout width: slots_per_bar - 1 track phrases + b-1
     # Which tracks a bar with more tracks than slots keeps (layout.TRACK_CHOICES).
     track_choice: str = "keep_drums"
+    # How notes are read from MIDI: "default" (midi_io: the tick grid, or POP909's beat
+    # annotations, snapped to `quantize_step`, same-pitch overlaps resolved, drums kept) or
+    # "remiz" (remiz_reading: token for token what the reference tokenizer REMI-z reads; no
+    # snapping, no beat annotations, drums left out).
+    reading: str = "default"
     with_velocity: bool = False
     max_bars: int = 128  # longer songs stay in the VAE corpus but not in `songs`
     # How POP909 section labels must fit the bar count for a song to enter `songs` (the LDM
@@ -56,6 +62,8 @@ class DatasetSettings:
             raise ValueError(
                 f"slots_per_bar must be >= 2 (one phrase + b-1), got {self.slots_per_bar}"
             )
+        if self.reading not in READINGS:
+            raise ValueError(f"reading must be one of {READINGS}, got {self.reading!r}")
         if self.track_choice not in layout.TRACK_CHOICES:
             raise ValueError(
                 f"track_choice must be one of {layout.TRACK_CHOICES}, got {self.track_choice!r}"
@@ -99,7 +107,15 @@ class DatasetSpec:
 def read_song(
     path: str, settings: DatasetSettings, name: str, **song_args
 ) -> tuple[events.Song, collections.Counter, dict]:
-    """One MIDI file within `settings.read_limits` -> (song, dropped by reason, info)."""
+    """One MIDI file within `settings.read_limits` -> (song, dropped by reason, info), read as
+    `settings.reading` says (the remiz reading ignores beat annotations and quantize_step)."""
+    if settings.reading == "remiz":
+        midi, report = midi_limits.scan_midi(path, settings.read_limits, retime=False)
+        dropped = collections.Counter(report.dropped)
+        song = remiz_reading.midi_to_song_remiz(
+            midi, name=name, track_programs=song_args.get("track_programs"), dropped=dropped
+        )
+        return song, dropped, {"reading": "remiz"}
     pm, report = midi_limits.read_midi(path, settings.read_limits)
     dropped = collections.Counter(report.dropped)
     song = midi_io.midi_to_song(

@@ -52,7 +52,8 @@ def get_config(arg=None):
             normalize_key=defaults.normalize_key,
             trim_silent_bars=defaults.trim_silent_bars,
             slots_per_bar=0,  # LDM layout width; 0 = the dataset's (pop909 4, chorales 5, midi 4)
-            track_choice=defaults.track_choice,
+            track_choice=defaults.track_choice,  # pitch_order (ref) | keep_drums | most_notes
+            reading=defaults.reading,  # default | remiz (token for token the REMI-z reading)
             with_velocity=defaults.with_velocity,
             max_bars=defaults.max_bars,  # longer songs stay in the VAE corpus only
             section_rule=defaults.section_rule,  # POP909 labels: exact | trim | none

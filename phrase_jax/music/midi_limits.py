@@ -66,13 +66,21 @@ class ScanReport:
     warnings: int = 0  # library warnings captured while reading (they name no file)
 
 
+def scan_midi(
+    path: str | os.PathLike, limits: ReadLimits, *, retime: bool = True
+) -> tuple[mido.MidiFile, ScanReport]:
+    """The file's events within `limits` (MidiReadError past any), repaired as the module
+    docstring says; `retime` also rescales high resolutions and clamps stray late events for
+    pretty_midi's per-tick tables."""
+    midi = _parse(path, _read_bytes(path, limits))
+    return midi, _scan(path, midi, limits, retime)
+
+
 def read_midi(
     path: str | os.PathLike, limits: ReadLimits = ReadLimits()
 ) -> tuple[pretty_midi.PrettyMIDI, ScanReport]:
     """The file as PrettyMIDI, and what the scan found; MidiReadError past any limit."""
-    data = _read_bytes(path, limits)
-    midi = _parse(path, data)
-    report = _scan(path, midi, limits)
+    midi, report = scan_midi(path, limits)
     if report.notes == 0:  # nothing to read (pretty_midi fails on a header-only file)
         return pretty_midi.PrettyMIDI(resolution=midi.ticks_per_beat), report
     with warnings.catch_warnings(record=True) as caught:
@@ -126,7 +134,7 @@ def _in_midi_terms(exc: Exception) -> str:
     return text[:120] or type(exc).__name__
 
 
-def _scan(path, midi: mido.MidiFile, limits: ReadLimits) -> ScanReport:
+def _scan(path, midi: mido.MidiFile, limits: ReadLimits, retime: bool) -> ScanReport:
     report = ScanReport(tracks=len(midi.tracks), ticks_per_quarter=midi.ticks_per_beat)
     tpq = midi.ticks_per_beat
     if not 0 < tpq <= limits.max_ticks_per_quarter:
@@ -183,7 +191,7 @@ def _scan(path, midi: mido.MidiFile, limits: ReadLimits) -> ScanReport:
     # Events long after the last note (a stray meta event at tick 10^9) would only grow
     # pretty_midi's per-tick table: they move to one quarter after the last note.
     cap = last_tick + tpq
-    if tpq > READ_RESOLUTION or last_event_tick > cap:
+    if retime and (tpq > READ_RESOLUTION or last_event_tick > cap):
         _retime(midi, min(tpq, READ_RESOLUTION), cap)
     return report
 
