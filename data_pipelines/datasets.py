@@ -237,7 +237,7 @@ def _load_pop909(source: SongSource, settings: DatasetSettings, work_dir: str) -
     song, reject, cut = fit_sections(song, sections, settings)
     info["tail_bars_cut_to_labels"] = cut
     if cut_notes := notes_before - _note_count(song):
-        dropped["in tail bars past the section labels"] += cut_notes
+        dropped["notes: in tail bars past the section labels"] += cut_notes
     return LoadedSong(song, reject, info, dropped)
 
 

@@ -128,7 +128,7 @@ def _reason(err: Exception, path: str) -> str:
 def _tokenize_song(spec, source, settings: datasets.DatasetSettings, work_dir: str) -> dict:
     loaded = spec.load(source, settings, work_dir)
     song = loaded.song
-    dropped = {f"notes: {reason}": n for reason, n in loaded.dropped.items()}
+    dropped = dict(loaded.dropped)  # reasons name their unit: "notes: ...", "events: ..."
     if not song.bars:
         return {"ok": False, "skip_reason": "no notes", "dropped": dropped}
     shift = 0

@@ -36,7 +36,7 @@ def test_first_in_first_out_pairing_and_no_drums(tmp_path):
     song = remiz_reading.midi_to_song_remiz(mido.MidiFile(str(path)), dropped=dropped)
     # FIFO: the first note-off ends the first B3 (12 steps), the second ends the second (24).
     assert _tokens(song) == ["i-0", "o-0", "p-59", "d-12", "o-6", "p-59", "d-24", "b-1"]
-    assert dropped == {"drum notes (REMI-z reading leaves drums out)": 1}
+    assert dropped == {"notes: drums (the REMI-z reading leaves them out)": 1}
     # The default reading: pretty_midi's note-off ends both B3s, then the first is cut at the
     # second's onset; drums stay.
     default = _tokens(midi_io.midi_to_song(midi_io.load_midi(path)))

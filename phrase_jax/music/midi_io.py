@@ -166,7 +166,9 @@ def _resolve_collisions(
         if previous is not None:
             if previous[0] == note[0]:
                 if dropped is not None:
-                    dropped["same pitch and onset in one track (after merging and snapping)"] += 1
+                    dropped[
+                        "notes: same pitch and onset in one track (after merging and snapping)"
+                    ] += 1
                 continue
             if previous[0] + previous[2] > note[0]:
                 previous[2] = note[0] - previous[0]

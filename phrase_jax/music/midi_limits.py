@@ -131,6 +131,8 @@ def _in_midi_terms(exc: Exception) -> str:
         return f"invalid {match.group(1)} in a meta event"
     if "MThd" in text:
         return "damaged file header"
+    if "running status" in text or "wrong number of bytes" in text:
+        return "damaged event data: an event with missing or extra bytes"
     return text[:120] or type(exc).__name__
 
 
@@ -155,7 +157,7 @@ def _scan(path, midi: mido.MidiFile, limits: ReadLimits, retime: bool) -> ScanRe
         for message in track:
             tick += message.time
             if message.type == "set_tempo" and message.tempo <= 0:
-                report.dropped["tempo event of 0 microseconds per quarter"] += 1
+                report.dropped["events: tempo of 0 microseconds per quarter"] += 1
                 continue
             kept.append(message)
             if message.type == "note_on" and message.velocity > 0:
@@ -172,7 +174,7 @@ def _scan(path, midi: mido.MidiFile, limits: ReadLimits, retime: bool) -> ScanRe
         last_event_tick = max(last_event_tick, tick)
         if len(kept) != len(track):
             track[:] = _retimed(track, kept)
-        report.dropped["note-on without note-off"] += sum(open_notes.values())
+        report.dropped["notes: note-on without note-off"] += sum(open_notes.values())
         if report.notes > limits.max_notes:
             raise MidiReadError(f"{path}: more than {limits.max_notes} notes (the max_notes limit)")
     report.dropped = +report.dropped  # drop zero counts
@@ -230,7 +232,6 @@ def _to_pretty_midi(path, midi: mido.MidiFile) -> pretty_midi.PrettyMIDI:
     try:
         return pretty_midi.PrettyMIDI(mido_object=midi)
     except Exception as exc:  # noqa: BLE001 - a file that passed the scan but still fails
-        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
-        raise MidiReadError(f"{path}: not a readable MIDI file ({reason})") from exc
+        raise MidiReadError(f"{path}: not a readable MIDI file ({_in_midi_terms(exc)})") from exc
     finally:
         pretty_midi_module.MAX_TICK = saved

@@ -125,7 +125,7 @@ def midi_to_song_remiz(
     if not include_drums:
         kept = [n for n in notes if n[0] != vocab.DRUM_PROGRAM]
         if dropped is not None and len(kept) < len(notes):
-            dropped["drum notes (REMI-z reading leaves drums out)"] += len(notes) - len(kept)
+            dropped["notes: drums (the REMI-z reading leaves them out)"] += len(notes) - len(kept)
         notes = kept
     if not notes:
         return Song(bars=[], name=name)
