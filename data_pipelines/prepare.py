@@ -266,13 +266,16 @@ def prepare(
     )
     run = _run_jobs(jobs, workers, job_limits, log)
 
-    # A job whose worker failed has no cache file: it is retried by the next run.
-    results = {
-        s.name: run["failed"].get(s.name) or json.loads(_cache_file(cache_dir, s.name).read_text())
-        for s in sources
-    }
+    def load(name: str) -> dict:
+        return json.loads(_cache_file(cache_dir, name).read_text())
+
+    # Small summaries only: the token lists are read again, one song at a time, while the shards
+    # are written. A job whose worker failed has no cache file: the next run retries it.
+    results = {s.name: run["failed"].get(s.name) for s in sources}
+    for name, failed in results.items():
+        results[name] = failed or corpus_writer.summarize(load(name))
     splits = split_songs([s.name for s in sources], output)
-    manifest = corpus_writer.write_corpus(out, dataset, results, splits, settings, output)
+    manifest = corpus_writer.write_corpus(out, dataset, results, splits, settings, output, load)
     manifest.update(
         fingerprint=fingerprint,
         seconds=round(time.time() - started, 2),
