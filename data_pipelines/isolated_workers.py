@@ -91,7 +91,8 @@ def _worker_main(fn: Callable, conn, memory_mb: int) -> None:
         try:
             conn.send((index, True, fn(job), _peak_rss_mb()))
         except MemoryError:
-            conn.send((index, False, f"over the memory limit ({memory_mb} MB)", _peak_rss_mb()))
+            message = f"over the memory_mb limit ({memory_mb} MB)"
+            conn.send((index, False, message, _peak_rss_mb()))
         except Exception as err:  # noqa: BLE001 - every job failure becomes a reported outcome
             line = " ".join(str(err).split()) or type(err).__name__
             conn.send((index, False, line[:300], _peak_rss_mb()))
@@ -164,7 +165,7 @@ def run_isolated(
                     outcome = JobOutcome(worker.index, error=f"reading crashed (exit code {code})")
                 elif outcome is None and time.monotonic() - worker.started > limits.timeout_s:
                     outcome = JobOutcome(
-                        worker.index, error=f"took longer than the {limits.timeout_s:g} s limit"
+                        worker.index, error=f"over the timeout_s limit ({limits.timeout_s:g} s)"
                     )
                 if outcome is None:
                     continue

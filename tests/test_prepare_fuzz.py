@@ -35,7 +35,7 @@ def test_fuzz_corpus_through_prepare(tmp_path):
             name,
             reason,
         )
-        assert "longer than" not in reason and "crashed" not in reason, (name, reason)
+        assert "timeout_s" not in reason and "crashed" not in reason, (name, reason)
     assert {n for n, e in expect.items() if e == "keep"} <= loaded, skipped
     assert {n for n, e in expect.items() if e == "reject"} <= set(skipped)
     assert all("\n" not in line for line in lines)
@@ -55,10 +55,10 @@ def test_isolated_workers_bound_time_and_memory():
         isolated_workers.run_isolated(time.sleep, [0.01, 30, 0.01], workers=2, limits=limits)
     )
     errors = {o.index: o.error for o in outcomes}
-    assert errors == {0: None, 1: "took longer than the 1 s limit", 2: None}
+    assert errors == {0: None, 1: "over the timeout_s limit (1 s)", 2: None}
     outcomes = list(
         isolated_workers.run_isolated(bytearray, [16, 2**31, 16], workers=1, limits=limits)
     )
     errors = {o.index: o.error for o in outcomes}
-    assert errors == {0: None, 1: "over the memory limit (256 MB)", 2: None}
+    assert errors == {0: None, 1: "over the memory_mb limit (256 MB)", 2: None}
     assert outcomes[-1].value == bytearray(16)
