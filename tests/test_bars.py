@@ -90,3 +90,25 @@ def test_chorale_barlines_are_the_scores(tmp_path, chorale):
     back = tmp_path / "back.mid"
     midi_io.song_to_midi(song).write(str(back))
     assert len(midi_io.midi_to_song(midi_io.load_midi(back)).bars) == len(song.bars)
+
+
+def test_count_bars_bounds_the_bars_made_without_making_them():
+    import itertools
+    import random
+
+    rng = random.Random(0)
+    for _ in range(50):
+        changes = [
+            (Fraction(rng.randrange(0, 400), 4), (rng.randrange(1, 13), rng.choice([2, 4, 8, 16])))
+            for _ in range(rng.randrange(0, 6))
+        ]
+        quarters = rng.randrange(1, 300)
+        made = list(
+            itertools.takewhile(
+                lambda span, q=quarters: span.start <= q,
+                bar_grid.bars_from_time_signatures(changes),
+            )
+        )
+        counted = bar_grid.count_bars(changes, quarters, stop_after=10**6)
+        segments = len(bar_grid.meter_changes(changes))
+        assert len(made) <= counted <= len(made) + 2 * segments, (changes, quarters)
