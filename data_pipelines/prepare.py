@@ -106,6 +106,8 @@ def process_song(job: tuple) -> dict:
         result.update(
             _tokenize_song(datasets.get_dataset(dataset_name), source, settings, work_dir)
         )
+    except MemoryError:
+        raise  # the worker reports it as over its memory_mb limit (not cached: retried)
     except (ValueError, OSError) as err:  # MidiReadError, annotation files, limits
         result.update(ok=False, skip_reason=_reason(err, source.path))
     except Exception as err:  # noqa: BLE001 - a bug, still recorded per file, never fatal

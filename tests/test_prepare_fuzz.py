@@ -3,6 +3,7 @@ traceback, no hang, every rejection a one-line reason about the file, valid extr
 
 import time
 
+import mido
 from midi_fuzz import write_corpus
 
 from data_pipelines import isolated_workers, prepare
@@ -62,3 +63,32 @@ def test_isolated_workers_bound_time_and_memory():
     errors = {o.index: o.error for o in outcomes}
     assert errors == {0: None, 1: "over the memory_mb limit (256 MB)", 2: None}
     assert outcomes[-1].value == bytearray(16)
+
+
+def test_file_past_the_memory_limit_costs_only_itself(tmp_path):
+    folder = tmp_path / "midi"
+    folder.mkdir()
+    for name, length in (("long.mid", 480 * 39_000), ("short.mid", 480)):
+        track = mido.MidiTrack(
+            [
+                mido.Message("note_on", note=60, velocity=80, time=0),
+                mido.Message("note_off", note=60, time=length),
+            ]
+        )
+        mido.MidiFile(tracks=[track], ticks_per_beat=480).save(str(folder / name))
+    manifest = prepare.prepare(
+        "midi",
+        tmp_path / "out",
+        input_dir=str(folder),
+        workers=1,
+        job_limits=isolated_workers.JobLimits(memory_mb=100),
+        log=lambda _: None,
+    )
+    assert manifest["skipped"] == [
+        {
+            "name": "long.mid",
+            "path": str(folder / "long.mid"),
+            "reason": "over the memory_mb limit (100 MB)",
+        }
+    ]
+    assert manifest["counts"]["songs_loaded"] == 1

@@ -30,7 +30,8 @@ from phrase_jax.music import bar_grid
 # Resolution the events are rescaled to when a file has more ticks per quarter: a multiple of
 # the 12-per-quarter grid (grid positions stay exact), fine enough that rounding to it moves no
 # note by more than half a tick (1/80 of a grid step), and small enough that pretty_midi's two
-# per-tick tables (8 bytes per tick each) stay bounded: 40,000 quarters -> 2 x 154 MB.
+# per-tick tables (8 bytes per tick each) stay bounded: 20,000 quarters -> 2 x 77 MB, inside
+# the default per-file memory limit (isolated_workers.JobLimits.memory_mb).
 READ_RESOLUTION = 480
 
 
@@ -45,7 +46,7 @@ class ReadLimits:
     max_file_mb: float = 16.0
     max_tracks: int = 1024
     max_notes: int = 300_000
-    max_quarters: int = 40_000  # song length in quarter notes (10,000 bars of 4/4)
+    max_quarters: int = 20_000  # song length in quarter notes (5,000 bars of 4/4)
     max_bars: int = 10_000
     max_ticks_per_quarter: int = 32_767  # the largest the MIDI header can state
 
@@ -116,6 +117,8 @@ def _parse(path, data: bytes) -> mido.MidiFile:
             return mido.MidiFile(file=io.BytesIO(data))
     except EOFError as exc:
         raise MidiReadError(f"{path}: file ends early (truncated MIDI data)") from exc
+    except MemoryError:
+        raise
     except Exception as exc:  # noqa: BLE001 - mido raises many unrelated types on bad bytes
         raise MidiReadError(f"{path}: not a readable MIDI file ({_in_midi_terms(exc)})") from exc
 
@@ -231,6 +234,8 @@ def _to_pretty_midi(path, midi: mido.MidiFile) -> pretty_midi.PrettyMIDI:
     pretty_midi_module.MAX_TICK = float("inf")
     try:
         return pretty_midi.PrettyMIDI(mido_object=midi)
+    except MemoryError:
+        raise  # a memory limit, not a property of the file
     except Exception as exc:  # noqa: BLE001 - a file that passed the scan but still fails
         raise MidiReadError(f"{path}: not a readable MIDI file ({_in_midi_terms(exc)})") from exc
     finally:
