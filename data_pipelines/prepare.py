@@ -319,6 +319,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--keep_silent_bars", action="store_true")
     parser.add_argument("--with_velocity", action="store_true")
     parser.add_argument("--max_bars", type=int, default=128)
+    parser.add_argument("--track_choice", default="keep_drums", choices=layout.TRACK_CHOICES)
+    parser.add_argument("--reading", default="default", choices=datasets.READINGS)
     parser.add_argument("--section_rule", default="trim", choices=("exact", "trim", "none"))
     parser.add_argument("--section_slack", type=int, default=6)
     parser.add_argument("--seed", type=int, default=42)
@@ -335,6 +337,8 @@ def main(argv: list[str] | None = None) -> dict:
         slots_per_bar=args.slots_per_bar or spec.default_slots_per_bar,
         with_velocity=args.with_velocity,
         max_bars=args.max_bars,
+        track_choice=args.track_choice,
+        reading=args.reading,
         section_rule=args.section_rule,
         section_slack=args.section_slack,
     )
