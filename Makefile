@@ -41,12 +41,12 @@ format: $(VENV)/.installed
 	$(BIN)/ruff format phrase_jax data_pipelines experiments tests benchmarks
 
 data: $(VENV)/.installed
-	$(PY) -m data_pipelines.prepare --dataset pop909 --pop909_dir $(POP909_DIR) \
-		--out_dir $(DATA_DIR)/pop909 --workers $(WORKERS)
+	$(PY) -m phrase_jax.main --workdir $(DATA_DIR)/pop909 \
+		--config experiments/prepare.py:pop909,input_dir=$(POP909_DIR),workers=$(WORKERS)
 
 data-chorales: $(VENV)/.installed
-	$(PY) -m data_pipelines.prepare --dataset chorales --out_dir $(DATA_DIR)/chorales \
-		--workers $(WORKERS)
+	$(PY) -m phrase_jax.main --workdir $(DATA_DIR)/chorales \
+		--config experiments/prepare.py:chorales,workers=$(WORKERS)
 
 # The run-name convention (phrase_jax/run_names.py): the run of experiments/<x>.py
 # at variant words W lives in $(RUNS_DIR)/<its RUN_KIND>[_<word of W>...], e.g. runs/vae_cpu,

@@ -57,6 +57,8 @@ def print_report(manifest: dict, log=print) -> None:
         log(f"  skipped {n:5d}: {reason}")
     for reason, n in sorted(counts["ldm_reject_reasons"].items(), key=lambda kv: -kv[1]):
         log(f"  not in LDM corpus {n:5d}: {reason}")
+    for reason, n in counts.get("dropped", {}).items():
+        log(f"  dropped {n:7d} {reason}")
     for key, value in counts.get("dataset_facts", {}).items():
         log(f"  {key}: {value}")
     for split, names in manifest["splits"].items():

@@ -14,6 +14,7 @@ import math
 import os
 import pathlib
 import re
+from collections.abc import Callable
 
 import numpy as np
 from array_record.python import array_record_module
@@ -21,25 +22,81 @@ from array_record.python import array_record_module
 from data_pipelines import corpus_stats
 from phrase_jax.music import vocab
 
-FORMAT_VERSION = 1  # bump when records or per-song results change (invalidates caches)
+FORMAT_VERSION = 2  # bump when records or per-song results change (invalidates caches)
+# 2: bounded reading, meter filtering, chorale pickups, dropped notes by reason, track_choice
 KINDS = ("phrases", "bars", "songs")
 
 
-def _write_shards(
-    out_dir: pathlib.Path, kind: str, split: str, records: list[bytes], per_shard: int
-) -> list[str]:
-    n = max(1, math.ceil(len(records) / per_shard))
-    names = []
-    for i in range(n):
-        name = f"{kind}-{split}-{i:05d}-of-{n:05d}.array_record"
-        tmp = out_dir / f".{name}.tmp"
-        writer = array_record_module.ArrayRecordWriter(str(tmp), "group_size:1")
-        for record in records[i * per_shard : (i + 1) * per_shard]:
-            writer.write(record)
-        writer.close()
-        os.replace(tmp, out_dir / name)
-        names.append(name)
-    return names
+class _ShardStream:
+    """Writes `total` records of one kind and split into shards of `per_shard`, one at a time."""
+
+    def __init__(self, out_dir: pathlib.Path, kind: str, split: str, total: int, per_shard: int):
+        self.out_dir, self.kind, self.split, self.per_shard = out_dir, kind, split, per_shard
+        self.n = max(1, math.ceil(total / per_shard))
+        self.names: list[str] = []
+        self.writer, self.in_shard = None, 0
+        self._open()
+
+    def _open(self) -> None:
+        name = f"{self.kind}-{self.split}-{len(self.names):05d}-of-{self.n:05d}.array_record"
+        self.names.append(name)
+        self.writer = array_record_module.ArrayRecordWriter(
+            str(self.out_dir / f".{name}.tmp"), "group_size:1"
+        )
+        self.in_shard = 0
+
+    def _close(self) -> None:
+        self.writer.close()
+        name = self.names[-1]
+        os.replace(self.out_dir / f".{name}.tmp", self.out_dir / name)
+
+    def write(self, record: bytes) -> None:
+        if self.in_shard == self.per_shard:
+            self._close()
+            self._open()
+        self.writer.write(record)
+        self.in_shard += 1
+
+    def finish(self) -> list[str]:
+        self._close()
+        while len(self.names) < self.n:  # only when a count was wrong; keeps names consistent
+            self._open()
+            self._close()
+        return self.names
+
+
+def summarize(result: dict) -> dict:
+    """A per-song result without its token lists (what the manifest needs), so that `prepare`
+    holds one small dict per song however large the corpus."""
+    summary = {k: v for k, v in result.items() if k not in ("phrases", "bars", "song")}
+    if result.get("ok"):
+        song = result["song"]
+        summary.update(
+            n_phrases=len(result["phrases"]),
+            n_bar_records=len(result["bars"]),
+            phrase_lengths=corpus_stats.histogram(len(p) for p in result["phrases"]),
+            bar_lengths=corpus_stats.histogram(len(b) for b in result["bars"]),
+            song=None
+            if song is None
+            else {"n_bars": song["n_bars"], "dropped_tracks": song["dropped_tracks"]},
+        )
+    return summary
+
+
+def _merge(histograms) -> dict[str, int]:
+    total: dict[int, int] = {}
+    for histogram in histograms:
+        for length, n in histogram.items():
+            total[int(length)] = total.get(int(length), 0) + n
+    return {str(k): total[k] for k in sorted(total)}
+
+
+def _expand(histogram: dict[str, int], min_length: int = 0) -> np.ndarray:
+    pairs = [(int(k), n) for k, n in histogram.items() if int(k) >= min_length]
+    if not pairs:
+        return np.zeros(0, np.int64)
+    lengths, counts = zip(*pairs, strict=True)
+    return np.repeat(np.asarray(lengths, np.int64), counts)
 
 
 def _reason_class(reason: str) -> str:
@@ -54,28 +111,39 @@ def write_corpus(
     splits: dict[str, list[str]],
     settings,
     output,
+    load: Callable[[str], dict],
 ) -> dict:
-    """Writes every shard of `out` from the per-song results (`prepare.process_song`) and
-    returns the manifest (without fingerprint and timing, which `prepare` adds)."""
+    """Writes every shard of `out` and returns the manifest (without fingerprint and timing,
+    which `prepare` adds). `results` are per-song summaries (`summarize`); `load(name)` reads
+    one song's full result (`prepare.process_song`), one song at a time, so memory does not grow
+    with the corpus."""
     ok = {n: r for n, r in results.items() if r["ok"]}
     shards, records, lengths = {k: {} for k in KINDS}, {k: {} for k in KINDS}, {}
     for split, names in splits.items():
-        kept = [ok[n] for n in names if n in ok]
-        by_kind = {
-            "phrases": [np.asarray(p, np.int16).tobytes() for r in kept for p in r["phrases"]],
-            "bars": [np.asarray(b, np.int16).tobytes() for r in kept for b in r["bars"]],
-            "songs": [
-                json.dumps(r["song"] | {"split": split}).encode()
-                for r in kept
-                if r["song"] is not None
-            ],
+        kept = [n for n in names if n in ok]
+        totals = {
+            "phrases": sum(ok[n]["n_phrases"] for n in kept),
+            "bars": sum(ok[n]["n_bar_records"] for n in kept),
+            "songs": sum(ok[n]["song"] is not None for n in kept),
         }
-        for kind, recs in by_kind.items():
-            shards[kind][split] = _write_shards(out, kind, split, recs, output.records_per_shard)
-            records[kind][split] = len(recs)
+        streams = {
+            kind: _ShardStream(out, kind, split, totals[kind], output.records_per_shard)
+            for kind in KINDS
+        }
+        for name in kept:
+            full = load(name)
+            for phrase in full["phrases"]:
+                streams["phrases"].write(np.asarray(phrase, np.int16).tobytes())
+            for bar in full["bars"]:
+                streams["bars"].write(np.asarray(bar, np.int16).tobytes())
+            if full["song"] is not None:
+                streams["songs"].write(json.dumps(full["song"] | {"split": split}).encode())
+        for kind, stream in streams.items():
+            shards[kind][split] = stream.finish()
+            records[kind][split] = totals[kind]
         lengths[split] = {
-            "phrases": corpus_stats.histogram(len(p) for r in kept for p in r["phrases"]),
-            "bars": corpus_stats.histogram(len(b) for r in kept for b in r["bars"]),
+            "phrases": _merge(ok[n]["phrase_lengths"] for n in kept),
+            "bars": _merge(ok[n]["bar_lengths"] for n in kept),
         }
     written = {f for by_split in shards.values() for fs in by_split.values() for f in fs}
     for stale in out.glob("*.array_record"):  # shards of an earlier run with other settings
@@ -85,7 +153,9 @@ def write_corpus(
     skipped = [r for r in results.values() if not r["ok"]]
     rejected = [r for r in ok.values() if r["song"] is None]
     ldm = [r for r in ok.values() if r["song"] is not None]
-    track_phrases = [p for r in ok.values() for p in r["phrases"] if len(p) > 1]
+    # Track phrases have at least 3 tokens; the one-token phrases are [INST], b-1 and [SEP].
+    all_phrases = _merge(r["phrase_lengths"] for r in ok.values())
+    all_bars = _merge(r["bar_lengths"] for r in ok.values())
     facts = {}
     infos = [r.get("info", {}) for r in ok.values()]
     if any("key_exact_agree" in i for i in infos):
@@ -100,6 +170,11 @@ def write_corpus(
         cut = [i.get("tail_bars_cut_to_labels", 0) for i in infos]
         facts["songs_cut_to_section_labels"] = sum(c > 0 for c in cut)
     facts["dropped_track_phrases_in_layout"] = sum(r["song"]["dropped_tracks"] for r in ldm)
+    dropped_by_song = {r["name"]: r["dropped"] for r in results.values() if r.get("dropped")}
+    dropped_total: dict[str, int] = {}
+    for counts in dropped_by_song.values():
+        for reason, n in counts.items():
+            dropped_total[reason] = dropped_total.get(reason, 0) + n
 
     all_lengths = {kind: {} for kind in ("phrases", "bars")}
     for by_kind in lengths.values():
@@ -123,7 +198,9 @@ def write_corpus(
             "skip_reasons": _count(_reason_class(r["skip_reason"]) for r in skipped),
             "ldm_reject_reasons": _count(_reason_class(r["ldm_reject"]) for r in rejected),
             "dataset_facts": facts,
+            "dropped": dict(sorted(dropped_total.items())),
         },
+        "dropped_by_song": dropped_by_song,
         "splits": splits,
         "ldm_splits": {
             s: [n for n in names if n in ok and ok[n]["song"] is not None]
@@ -136,8 +213,8 @@ def write_corpus(
         "shards": shards,
         "records": records,
         "token_stats": {
-            "phrase_tokens": corpus_stats.percentiles(len(p) for p in track_phrases),
-            "bar_tokens": corpus_stats.percentiles(len(b) for r in ok.values() for b in r["bars"]),
+            "phrase_tokens": corpus_stats.percentiles(_expand(all_phrases, min_length=2)),
+            "bar_tokens": corpus_stats.percentiles(_expand(all_bars)),
             "bars_per_song": corpus_stats.percentiles(r["n_bars"] for r in ok.values()),
             "bars_per_ldm_song": corpus_stats.percentiles(r["song"]["n_bars"] for r in ldm),
         },

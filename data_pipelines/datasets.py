@@ -8,6 +8,7 @@ for every dataset, so a new dataset is one lister and one loader here.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import pathlib
@@ -16,15 +17,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from phrase_jax.music import events, keys, midi_io
+from data_pipelines import chorale_export
+from phrase_jax.music import events, keys, layout, midi_io, midi_limits, remiz_reading
 
 # POP909 track names -> General MIDI programs (SPEC 1.6: melody, secondary melody, piano).
 POP909_PROGRAMS = {"MELODY": 13, "BRIDGE": 25, "PIANO": 0}
-# Chorale voices soprano, alto, tenor, bass -> violin, viola, cello, contrabass: four distinct
-# programs, so the tokenizer keeps them as four tracks instead of merging same-program tracks.
-CHORALE_PROGRAMS = (40, 41, 42, 43)
-CHORALE_VOICES = ("soprano", "alto", "tenor", "bass")
+CHORALE_PROGRAMS = chorale_export.CHORALE_PROGRAMS
 MIDI_SUFFIXES = (".mid", ".midi", ".kar")
+READINGS = ("default", "remiz")
 _SECTION_LABEL = re.compile(r"([A-Za-z])(\d+)")
 
 
@@ -36,6 +36,13 @@ class DatasetSettings:
     normalize_key: bool = True  # SPEC 1.5: transpose to C major / A minor
     trim_silent_bars: bool = True  # drop empty bars before the first and after the last note
     slots_per_bar: int = 4  # LDM layout width: slots_per_bar - 1 track phrases + b-1
+    # Which tracks a bar with more tracks than slots keeps (layout.TRACK_CHOICES).
+    track_choice: str = "keep_drums"
+    # How notes are read from MIDI: "default" (midi_io: the tick grid, or POP909's beat
+    # annotations, snapped to `quantize_step`, same-pitch overlaps resolved, drums kept) or
+    # "remiz" (remiz_reading: token for token what the reference tokenizer REMI-z reads; no
+    # snapping, no beat annotations, drums left out).
+    reading: str = "default"
     with_velocity: bool = False
     max_bars: int = 128  # longer songs stay in the VAE corpus but not in `songs`
     # How POP909 section labels must fit the bar count for a song to enter `songs` (the LDM
@@ -45,6 +52,8 @@ class DatasetSettings:
     # every song, sections where they fit exactly, else None.
     section_rule: str = "trim"
     section_slack: int = 6
+    # What reading one MIDI file may cost (bars, notes, length, tracks, resolution, size).
+    read_limits: midi_limits.ReadLimits = midi_limits.ReadLimits()
 
     def validate(self) -> None:
         if self.quantize_step < 1:
@@ -53,10 +62,17 @@ class DatasetSettings:
             raise ValueError(
                 f"slots_per_bar must be >= 2 (one phrase + b-1), got {self.slots_per_bar}"
             )
+        if self.reading not in READINGS:
+            raise ValueError(f"reading must be one of {READINGS}, got {self.reading!r}")
+        if self.track_choice not in layout.TRACK_CHOICES:
+            raise ValueError(
+                f"track_choice must be one of {layout.TRACK_CHOICES}, got {self.track_choice!r}"
+            )
         if self.section_rule not in ("exact", "trim", "none"):
             raise ValueError(f"section_rule must be exact, trim or none, got {self.section_rule!r}")
         if self.max_bars < 1 or self.section_slack < 0:
             raise ValueError("max_bars must be >= 1 and section_slack >= 0")
+        self.read_limits.validate()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +89,8 @@ class LoadedSong:
     # Whether the song may enter the LDM corpus, and why not; None = no dataset rule applies.
     ldm_reject: str | None = None
     info: dict = dataclasses.field(default_factory=dict)  # facts for the manifest
+    # Notes (and tracks) left out while reading, by reason.
+    dropped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +102,27 @@ class DatasetSpec:
     # (source, settings, work_dir) -> LoadedSong; raises ValueError for unusable input
     load: Callable[[SongSource, DatasetSettings, str], LoadedSong]
     needs_input_dir: bool = True
+
+
+def read_song(
+    path: str, settings: DatasetSettings, name: str, **song_args
+) -> tuple[events.Song, collections.Counter, dict]:
+    """One MIDI file within `settings.read_limits` -> (song, dropped by reason, info), read as
+    `settings.reading` says (the remiz reading ignores beat annotations and quantize_step)."""
+    if settings.reading == "remiz":
+        midi, report = midi_limits.scan_midi(path, settings.read_limits, retime=False)
+        dropped = collections.Counter(report.dropped)
+        song = remiz_reading.midi_to_song_remiz(
+            midi, name=name, track_programs=song_args.get("track_programs"), dropped=dropped
+        )
+        return song, dropped, {"reading": "remiz"}
+    pm, report = midi_limits.read_midi(path, settings.read_limits)
+    dropped = collections.Counter(report.dropped)
+    song = midi_io.midi_to_song(
+        pm, name=name, quantize_step=settings.quantize_step, dropped=dropped, **song_args
+    )
+    info = {"midi_warnings": report.warnings} if report.warnings else {}
+    return song, dropped, info
 
 
 def trim_silent_bars(song: events.Song) -> tuple[events.Song, int, int]:
@@ -146,7 +185,8 @@ def _list_pop909(input_dir: str | None, work_dir: str) -> list[SongSource]:
     del work_dir
     if not input_dir or not os.path.isdir(input_dir):
         raise FileNotFoundError(
-            f"POP909 folder {input_dir!r} not found: pass --pop909_dir or set POP909_DIR"
+            f"POP909 folder {input_dir!r} not found: set input_dir (experiments/prepare.py) "
+            "or --pop909_dir"
         )
     root = pathlib.Path(input_dir)
     names = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.isdigit())
@@ -173,16 +213,15 @@ def _load_pop909(source: SongSource, settings: DatasetSettings, work_dir: str) -
     del work_dir
     folder = pathlib.Path(source.path).parent
     beats, downbeats = _read_pop909_beats(folder / "beat_midi.txt")
-    pm = midi_io.load_midi(source.path)
-    song = midi_io.midi_to_song(
-        pm,
-        name=source.name,
+    song, dropped, info = read_song(
+        source.path,
+        settings,
+        source.name,
         beat_times=beats,
         downbeat_times=downbeats,
-        quantize_step=settings.quantize_step,
         track_programs=POP909_PROGRAMS,
     )
-    info: dict = {"bars_from_downbeats": len(song.bars)}
+    info["bars_from_downbeats"] = len(song.bars)
     if settings.trim_silent_bars:
         song, lead, tail = trim_silent_bars(song)
         info.update(silent_bars_dropped_start=lead, silent_bars_dropped_end=tail)
@@ -192,11 +231,18 @@ def _load_pop909(source: SongSource, settings: DatasetSettings, work_dir: str) -
     except (OSError, ValueError) as err:
         info["section_error"] = str(err).splitlines()[0][:120]
         reject = None if settings.section_rule == "none" else "no usable section labels"
-        return LoadedSong(dataclasses.replace(song, sections=None), reject, info)
+        return LoadedSong(dataclasses.replace(song, sections=None), reject, info, dropped)
     info["section_bars"] = sum(n for _, n in sections)
+    notes_before = _note_count(song)
     song, reject, cut = fit_sections(song, sections, settings)
     info["tail_bars_cut_to_labels"] = cut
-    return LoadedSong(song, reject, info)
+    if cut_notes := notes_before - _note_count(song):
+        dropped["notes: in tail bars past the section labels"] += cut_notes
+    return LoadedSong(song, reject, info, dropped)
+
+
+def _note_count(song: events.Song) -> int:
+    return sum(len(notes) for bar in song.bars for notes in bar.tracks.values())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,7 +252,10 @@ def _load_pop909(source: SongSource, settings: DatasetSettings, work_dir: str) -
 def _list_midi_folder(input_dir: str | None, work_dir: str) -> list[SongSource]:
     del work_dir
     if not input_dir or not os.path.isdir(input_dir):
-        raise FileNotFoundError(f"MIDI folder {input_dir!r} not found: pass --midi_dir")
+        raise FileNotFoundError(
+            f"MIDI folder {input_dir!r} not found: set input_dir (experiments/prepare.py) "
+            "or --midi_dir"
+        )
     root = pathlib.Path(input_dir)
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in MIDI_SUFFIXES)
     if not files:
@@ -216,13 +265,11 @@ def _list_midi_folder(input_dir: str | None, work_dir: str) -> list[SongSource]:
 
 def _load_midi_file(source: SongSource, settings: DatasetSettings, work_dir: str) -> LoadedSong:
     del work_dir
-    pm = midi_io.load_midi(source.path)
-    song = midi_io.midi_to_song(pm, name=source.name, quantize_step=settings.quantize_step)
-    info: dict = {}
+    song, dropped, info = read_song(source.path, settings, source.name)
     if settings.trim_silent_bars:
         song, lead, tail = trim_silent_bars(song)
         info.update(silent_bars_dropped_start=lead, silent_bars_dropped_end=tail)
-    return LoadedSong(song, None, info)
+    return LoadedSong(song, None, info, dropped)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,62 +284,19 @@ def _list_chorales(input_dir: str | None, work_dir: str) -> list[SongSource]:
     return sorted((SongSource(pathlib.Path(p).stem, str(p)) for p in paths), key=lambda s: s.name)
 
 
-def _satb_parts(score) -> list:
-    """The soprano, alto, tenor and bass parts, by name (chorales with instruments) or order."""
-    parts = list(score.parts)
-    by_voice = {}
-    for part in parts:
-        words = (part.partName or "").split()
-        if words and words[0].lower() in CHORALE_VOICES and words[0].lower() not in by_voice:
-            by_voice[words[0].lower()] = part
-    if len(by_voice) == len(CHORALE_VOICES):
-        return [by_voice[voice] for voice in CHORALE_VOICES]
-    if len(parts) == len(CHORALE_VOICES):
-        return parts
-    raise ValueError(f"{len(parts)} parts without soprano/alto/tenor/bass names, expected SATB")
-
-
-def export_chorale_midi(score_path: str, midi_path: str) -> None:
-    """Writes the four voices of a chorale as MIDI (480 ticks/quarter, one track per voice);
-    instrumental parts (horns, continuo, ...) are left out."""
-    import music21
-    from music21 import instrument
-
-    score = music21.converter.parse(score_path)
-    voices = _satb_parts(score)
-    for part in list(score.parts):
-        if not any(part is voice for voice in voices):
-            score.remove(part)
-    for part, program in zip(voices, CHORALE_PROGRAMS, strict=True):
-        for old in list(part.recurse().getElementsByClass(instrument.Instrument)):
-            old.activeSite.remove(old)
-        voice = instrument.Instrument()
-        voice.midiProgram = program
-        part.insert(0, voice)
-    music21.defaults.ticksPerQuarter = 480
-    midi_file = music21.midi.translate.streamToMidiFile(score)
-    tmp = f"{midi_path}.tmp{os.getpid()}"
-    midi_file.open(tmp, "wb")
-    try:
-        midi_file.write()
-    finally:
-        midi_file.close()
-    os.replace(tmp, midi_path)
-
-
 def _load_chorale(source: SongSource, settings: DatasetSettings, work_dir: str) -> LoadedSong:
     midi_dir = pathlib.Path(work_dir) / "chorale_midi"
     midi_dir.mkdir(parents=True, exist_ok=True)
-    midi_path = midi_dir / f"{source.name}.mid"
-    if not midi_path.exists():  # cached: the export is the slow part
-        export_chorale_midi(source.path, str(midi_path))
-    pm = midi_io.load_midi(str(midi_path))
-    song = midi_io.midi_to_song(pm, name=source.name, quantize_step=settings.quantize_step)
-    info: dict = {"midi": str(midi_path)}
+    # Cached (the export is the slow part); the version names the export's format.
+    midi_path = midi_dir / f"{source.name}.v{chorale_export.EXPORT_VERSION}.mid"
+    if not midi_path.exists():
+        chorale_export.export_chorale_midi(source.path, str(midi_path))
+    song, dropped, info = read_song(str(midi_path), settings, source.name)
+    info["midi"] = str(midi_path)
     if settings.trim_silent_bars:
         song, lead, tail = trim_silent_bars(song)
         info.update(silent_bars_dropped_start=lead, silent_bars_dropped_end=tail)
-    return LoadedSong(song, None, info)
+    return LoadedSong(song, None, info, dropped)
 
 
 DATASETS: dict[str, DatasetSpec] = {

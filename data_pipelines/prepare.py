@@ -1,15 +1,22 @@
 """MIDI -> tokens -> ArrayRecord shards + manifest.json, in parallel over songs, resumable.
 
+The pipeline's `prepare` stage (phrase_jax/stages/prepare.py, experiments/prepare.py) calls
+`prepare()`; the command line here is a short alias for it:
+
     python -m data_pipelines.prepare --dataset pop909 --out_dir data/pop909 [--pop909_dir D]
     python -m data_pipelines.prepare --dataset chorales --out_dir data/chorales
     python -m data_pipelines.prepare --dataset midi --midi_dir D --out_dir data/mymidi
 
-Each song is loaded, key-normalised and tokenised in a worker process; its result is cached
+Each song is loaded, key-normalised and tokenised in an isolated worker process
+(`isolated_workers`: a wall-time and memory limit per file, a crashed or stuck worker is
+replaced) within the read limits of `phrase_jax.music.midi_limits`; its result is cached
 under `out_dir/.cache/<settings hash>/` (temp file + rename), so an interrupted run resumes
 where it stopped and a run with unchanged inputs and settings exits at once. Shards follow
 docs/design.md: `{kind}-{split}-{i:05d}-of-{n:05d}.array_record` with kind in phrases, bars,
-songs. A corrupt, empty or unreadable file is skipped with a one-line warning and recorded in
-the manifest; it never stops the run.
+songs. A corrupt, empty, unreadable or oversized file is skipped with a one-line warning and
+recorded in the manifest; it never stops the run. Notes left out are counted by reason per song
+(`dropped_by_song`) and in total (`counts.dropped`). When no song loads, `prepare` raises
+`errors.UserError` after writing the manifest.
 """
 
 from __future__ import annotations
@@ -18,16 +25,17 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
 import pathlib
 import re
+import resource
 import sys
 import time
 
 import numpy as np
 
-from data_pipelines import corpus_stats, corpus_writer, datasets
+from data_pipelines import corpus_stats, corpus_writer, datasets, isolated_workers
+from phrase_jax import errors
 from phrase_jax.music import keys, layout, tokenizer, vocab
 
 PREPARE_VERSION = corpus_writer.FORMAT_VERSION
@@ -89,7 +97,8 @@ def split_songs(names: list[str], settings: OutputSettings) -> dict[str, list[st
 def process_song(job: tuple) -> dict:
     """Loads and tokenises one song; writes its cached result; returns a small summary.
 
-    Runs in a worker process. Every failure becomes a recorded skip, never an exception.
+    Runs in an isolated worker process (`isolated_workers`): a MIDI past a read limit, or any
+    other unusable input, becomes a recorded skip whose reason speaks of the file.
     """
     dataset_name, source, settings, work_dir, cache_path = job
     result = {"name": source.name, "path": source.path, "source_id": _file_identity(source.path)}
@@ -97,19 +106,33 @@ def process_song(job: tuple) -> dict:
         result.update(
             _tokenize_song(datasets.get_dataset(dataset_name), source, settings, work_dir)
         )
-    except Exception as err:  # noqa: BLE001 - any bad input must become a recorded skip
-        message = str(err).splitlines()[0] if str(err) else ""
-        reason = f"{type(err).__name__}: {message.replace(source.path, '<file>')}"[:300]
-        result.update(ok=False, skip_reason=reason)
+    except MemoryError:
+        raise  # the worker reports it as over its memory_mb limit (not cached: retried)
+    except (ValueError, OSError) as err:  # MidiReadError, annotation files, limits
+        result.update(ok=False, skip_reason=_reason(err, source.path))
+    except Exception as err:  # noqa: BLE001 - a bug, still recorded per file, never fatal
+        result.update(ok=False, skip_reason=f"unexpected error: {_reason(err, source.path)}")
     _write_json_atomic(pathlib.Path(cache_path), result)
-    return {k: result.get(k) for k in ("name", "path", "ok", "skip_reason", "ldm_reject")}
+    return {k: result.get(k) for k in SUMMARY_KEYS}
+
+
+SUMMARY_KEYS = ("name", "path", "ok", "skip_reason", "ldm_reject", "dropped")
+
+
+def _reason(err: Exception, path: str) -> str:
+    """One line without the file's path (the manifest lists it next to the reason)."""
+    message = " ".join(str(err).split()) or type(err).__name__
+    if message.startswith(f"{path}: "):
+        message = message[len(path) + 2 :]
+    return message.replace(path, "<file>")[:300]
 
 
 def _tokenize_song(spec, source, settings: datasets.DatasetSettings, work_dir: str) -> dict:
     loaded = spec.load(source, settings, work_dir)
     song = loaded.song
+    dropped = dict(loaded.dropped)  # reasons name their unit: "notes: ...", "events: ..."
     if not song.bars:
-        return {"ok": False, "skip_reason": "no notes"}
+        return {"ok": False, "skip_reason": "no notes", "dropped": dropped}
     shift = 0
     if settings.normalize_key:
         song, shift = keys.normalize_key(song)
@@ -126,7 +149,9 @@ def _tokenize_song(spec, source, settings: datasets.DatasetSettings, work_dir: s
         reject = f"{len(song.bars)} bars > max_bars {settings.max_bars}"
     song_record = None
     if reject is None:
-        slots = layout.song_slots(song, settings.slots_per_bar, settings.with_velocity)
+        slots = layout.song_slots(
+            song, settings.slots_per_bar, settings.with_velocity, settings.track_choice
+        )
         song_record = {
             "name": song.name,
             "n_bars": slots.n_bars,
@@ -134,6 +159,10 @@ def _tokenize_song(spec, source, settings: datasets.DatasetSettings, work_dir: s
             "slots": [list(map(int, s)) for s in slots.slots],
             "dropped_tracks": int(slots.dropped_tracks),
         }
+        if slots.dropped_tracks:
+            dropped["track phrases: beyond the bar's track slots (LDM layout only)"] = int(
+                slots.dropped_tracks
+            )
     return {
         "ok": True,
         "n_bars": len(song.bars),
@@ -143,28 +172,35 @@ def _tokenize_song(spec, source, settings: datasets.DatasetSettings, work_dir: s
         "ldm_reject": reject,
         "song": song_record,
         "info": loaded.info,
+        "dropped": dropped,
     }
 
 
-def _run_jobs(jobs: list[tuple], workers: int, log) -> None:
-    started, done = time.time(), 0
-
-    def report(summary):
-        nonlocal done
+def _run_jobs(jobs: list[tuple], workers: int, limits: isolated_workers.JobLimits, log) -> dict:
+    """Runs `process_song` over `jobs` in isolated workers; returns the summaries of jobs whose
+    worker failed (timeout, memory, crash), which have no cached result, and the peak memory."""
+    started, done, failed, peak_mb = time.time(), 0, {}, 0.0
+    for outcome in isolated_workers.run_isolated(
+        process_song, jobs, workers=workers, limits=limits
+    ):
         done += 1
+        peak_mb = max(peak_mb, outcome.peak_rss_mb)
+        summary = outcome.value
+        if outcome.error is not None:
+            source = jobs[outcome.index][1]
+            summary = {
+                "name": source.name,
+                "path": source.path,
+                "ok": False,
+                "skip_reason": outcome.error,
+                "source_id": _file_identity(source.path),
+            }
+            failed[source.name] = summary
         if not summary["ok"]:
             log(f"warning: skipped {summary['path']}: {summary['skip_reason']}")
         if done % 200 == 0 or done == len(jobs):
             log(f"[prepare] {done}/{len(jobs)} songs ({time.time() - started:.1f} s)")
-
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            report(process_song(job))
-        return
-    # spawn: workers must not inherit a parent that may have initialised JAX threads.
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        for summary in pool.imap_unordered(process_song, jobs, chunksize=4):
-            report(summary)
+    return {"failed": failed, "worker_peak_mb": round(peak_mb, 1)}
 
 
 def prepare(
@@ -177,6 +213,7 @@ def prepare(
     workers: int = 0,
     limit: int | None = None,
     songs: list[str] | None = None,
+    job_limits: isolated_workers.JobLimits | None = None,
     log=print,
 ) -> dict:
     """Prepares `dataset` into `out_dir`; returns the manifest. `workers` 0 = all cores."""
@@ -209,6 +246,7 @@ def prepare(
         ]
         if old.get("fingerprint") == fingerprint and all((out / f).exists() for f in files):
             log(f"[prepare] {out}: up to date ({len(sources)} songs, settings unchanged)")
+            _require_loaded(old, manifest_path)
             return old
 
     cache_dir = out / ".cache" / song_key[:16]
@@ -221,21 +259,49 @@ def prepare(
             if cached.get("source_id") == _file_identity(source.path):
                 continue
         jobs.append((dataset, source, settings, str(out), str(path)))
-    workers = workers or os.cpu_count() or 1
+    job_limits = job_limits or isolated_workers.JobLimits()
+    job_limits.validate()
+    workers = min(workers or os.cpu_count() or 1, job_limits.max_workers())
     log(
         f"[prepare] {dataset}: {len(sources)} songs, {len(sources) - len(jobs)} cached, "
         f"{len(jobs)} to process with {min(workers, max(len(jobs), 1))} workers"
     )
-    _run_jobs(jobs, workers, log)
+    run = _run_jobs(jobs, workers, job_limits, log)
 
-    results = {s.name: json.loads(_cache_file(cache_dir, s.name).read_text()) for s in sources}
+    def load(name: str) -> dict:
+        return json.loads(_cache_file(cache_dir, name).read_text())
+
+    # Small summaries only: the token lists are read again, one song at a time, while the shards
+    # are written. A job whose worker failed has no cache file: the next run retries it.
+    results = {s.name: run["failed"].get(s.name) for s in sources}
+    for name, failed in results.items():
+        results[name] = failed or corpus_writer.summarize(load(name))
     splits = split_songs([s.name for s in sources], output)
-    manifest = corpus_writer.write_corpus(out, dataset, results, splits, settings, output)
-    manifest.update(fingerprint=fingerprint, seconds=round(time.time() - started, 2))
+    manifest = corpus_writer.write_corpus(out, dataset, results, splits, settings, output, load)
+    manifest.update(
+        fingerprint=fingerprint,
+        seconds=round(time.time() - started, 2),
+        peak_memory_mb={"prepare": round(_own_peak_mb(), 1), "worker": run["worker_peak_mb"]},
+        job_limits=dataclasses.asdict(job_limits),
+    )
     vocab.Vocab().to_json(out / "vocab.json")
     _write_json_atomic(manifest_path, manifest)  # last: its presence marks a complete run
     corpus_stats.print_report(manifest, log)
+    _require_loaded(manifest, manifest_path)
     return manifest
+
+
+def _require_loaded(manifest: dict, manifest_path: pathlib.Path) -> None:
+    counts = manifest["counts"]
+    if counts["songs_loaded"] == 0:
+        raise errors.UserError(
+            f"prepare {manifest['dataset']}: none of the {counts['songs_listed']} songs loaded; "
+            f"the reasons are listed in {manifest_path}"
+        )
+
+
+def _own_peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -253,6 +319,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--keep_silent_bars", action="store_true")
     parser.add_argument("--with_velocity", action="store_true")
     parser.add_argument("--max_bars", type=int, default=128)
+    parser.add_argument("--track_choice", default="keep_drums", choices=layout.TRACK_CHOICES)
+    parser.add_argument("--reading", default="default", choices=datasets.READINGS)
     parser.add_argument("--section_rule", default="trim", choices=("exact", "trim", "none"))
     parser.add_argument("--section_slack", type=int, default=6)
     parser.add_argument("--seed", type=int, default=42)
@@ -269,6 +337,8 @@ def main(argv: list[str] | None = None) -> dict:
         slots_per_bar=args.slots_per_bar or spec.default_slots_per_bar,
         with_velocity=args.with_velocity,
         max_bars=args.max_bars,
+        track_choice=args.track_choice,
+        reading=args.reading,
         section_rule=args.section_rule,
         section_slack=args.section_slack,
     )
@@ -287,7 +357,7 @@ def main(argv: list[str] | None = None) -> dict:
             limit=args.limit,
             songs=songs,
         )
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, errors.UserError) as err:
         sys.exit(f"error: {err}")
 
 

@@ -45,7 +45,7 @@ TRAIN_KEYS = (
     "checkpoint.every_steps", "checkpoint.max_to_keep",
 )  # fmt: skip
 REQUIRED_KEYS = {
-    "prepare": (),
+    "prepare": ("dataset", "input_dir"),
     "train_vae": TRAIN_KEYS + ("model.mode",),
     "train_ldm": TRAIN_KEYS,
     "extract_latents": ("seed",),

@@ -70,6 +70,12 @@ _STALL_TIMEOUT = flags.DEFINE_float(
 # from input.
 
 
+def _prepare():
+    from phrase_jax.stages import prepare
+
+    return prepare
+
+
 def _train_vae():
     from phrase_jax.stages import train_vae
 
@@ -101,6 +107,7 @@ def _evaluate():
 
 
 STAGE_MODULES: dict[str, Callable[[], ModuleType]] = {
+    "prepare": _prepare,
     "train_vae": _train_vae,
     "extract_latents": _extract_latents,
     "train_ldm": _train_ldm,

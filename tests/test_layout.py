@@ -98,3 +98,15 @@ def test_assemble_tolerates_garbage_slots():
     song, stats = layout.assemble_song(slots)
     assert len(song.bars) == 1 and song.bars[0].tracks == {}
     assert stats.decode.dropped == 2 and stats.position_disagreements == 0
+
+
+def test_track_choice_keeps_drums_or_busiest_tracks():
+    bar = SONG.bars[2]  # melody, piano, bass, drums: one more than 3 track slots
+    assert layout.chosen_programs(bar, 3) == [13, 0, 33]  # ref: drums lost first
+    assert layout.chosen_programs(bar, 3, "keep_drums") == [13, 0, 128]
+    busy = Bar({13: MELODY, 0: PIANO * 3, 33: BASS * 2, 128: DRUMS * 4})
+    assert layout.chosen_programs(busy, 2, "most_notes") == [0, 128]
+    kept = layout.song_slots(SONG, track_choice="keep_drums")
+    assert kept.dropped_tracks == 1 and kept.slots[10] == tokenizer.phrase_tokens(128, DRUMS)
+    with pytest.raises(ValueError, match="track_choice"):
+        layout.chosen_programs(bar, 3, "loudest")

@@ -211,9 +211,10 @@ def test_song_to_midi_options(tmp_path):
     "payload, reason",
     [
         (b"", "empty file"),
-        (b"not a midi file\n" * 8, "not a readable MIDI file"),
+        (b"not a midi file\n" * 8, "not a MIDI file"),
+        (b"MThd\x00\x00\x00\x06garbage" * 4, "not a readable MIDI file"),
         ("truncated", "file ends early"),
-        ("over_tick_limit", "likely corrupt"),
+        ("over_tick_limit", "over the max_quarters limit"),
     ],
 )
 def test_bad_files_raise_midi_read_error(tmp_path, payload, reason):

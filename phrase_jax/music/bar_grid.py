@@ -74,27 +74,67 @@ def signatures_for_length(length: Fraction) -> list[tuple[int, int]]:
     return split_time_signature(max(1, round(length * 16)), 64)
 
 
-def normalise_time_signature(numerator: int, denominator: int) -> tuple[int, int]:
-    """A usable signature for a raw MIDI event: invalid values fall back to 4/4."""
-    if numerator >= 1 and denominator in _DENOMINATORS:
-        return numerator, denominator
-    return 4, 4
+def on_grid(time_signature: tuple[int, int]) -> bool:
+    """Whether a bar of this signature is a whole number of grid positions (1/64 is not)."""
+    num, den = time_signature
+    return num >= 1 and den in _DENOMINATORS and (num * 4 * vocab.POSITIONS_PER_QUARTER) % den == 0
+
+
+def meter_changes(
+    changes: Sequence[tuple[Fraction, tuple[int, int]]],
+) -> list[tuple[Fraction, tuple[int, int]]]:
+    """The (position in quarters, signature) changes that open bars, sorted, starting at 0.
+
+    Positions snap to the 12-per-quarter grid; of several events at one position the last wins.
+    Ignored, because they would open phantom bars that shift every later barline: signatures the
+    MIDI format cannot mean (denominator not a power of two up to 64, numerator 0), signatures
+    whose bar is not a whole number of grid positions (1/64, 27/64 slivers), and events that
+    repeat the meter in force. Before the first change the meter is 4/4 (the MIDI default).
+    """
+    grid = vocab.POSITIONS_PER_QUARTER
+    by_position: dict[Fraction, tuple[int, int]] = {}
+    for position, signature in sorted(changes, key=lambda change: change[0]):
+        if not on_grid(signature):
+            continue
+        snapped = Fraction(round(Fraction(position) * grid), grid)
+        by_position[max(snapped, Fraction(0))] = tuple(signature)
+    kept = [(Fraction(0), by_position.pop(Fraction(0), (4, 4)))]
+    for position, signature in sorted(by_position.items()):
+        if signature != kept[-1][1]:
+            kept.append((position, signature))
+    return kept
+
+
+def count_bars(
+    changes: Sequence[tuple[Fraction, tuple[int, int]]], song_quarters: float, stop_after: int
+) -> int:
+    """Bars `bars_from_time_signatures` makes up to `song_quarters`, counted without making them
+    (arithmetic per meter segment); counting stops once past `stop_after`."""
+    meters = meter_changes(changes)
+    song_end = Fraction(song_quarters)
+    total = 0
+    for index, (position, signature) in enumerate(meters):
+        if position > song_end:
+            break
+        next_position = meters[index + 1][0] if index + 1 < len(meters) else song_end
+        end = min(next_position, song_end)
+        per_period = len(split_time_signature(*signature))
+        total += (int((end - position) // quarters(signature)) + 1) * per_period
+        if total > stop_after:
+            break
+    return total
 
 
 def bars_from_time_signatures(
     changes: Sequence[tuple[Fraction, tuple[int, int]]],
 ) -> Iterator[BarSpan]:
-    """Bars from (position in quarters, signature) changes; bars start at 0 and at each change.
+    """Bars from (position in quarters, signature) changes (filtered by `meter_changes`); bars
+    start at 0 and at each change.
 
-    Before the first change the bar is 4/4 (the MIDI default). A change inside a bar ends that bar
-    early. The last signature repeats forever; callers stop when they have enough bars.
+    A change inside a bar ends that bar early. The last signature repeats forever; callers stop
+    when they have enough bars.
     """
-    by_position: dict[Fraction, tuple[int, int]] = {}
-    for position, signature in sorted(changes, key=lambda change: change[0]):
-        by_position[Fraction(position)] = normalise_time_signature(*signature)  # last one wins
-    if not by_position or min(by_position) > 0:
-        by_position.setdefault(Fraction(0), (4, 4))
-    ordered = sorted(by_position.items())
+    ordered = meter_changes(changes)
     for index, (position, signature) in enumerate(ordered):
         next_change = ordered[index + 1][0] if index + 1 < len(ordered) else None
         cursor = position

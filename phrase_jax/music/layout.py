@@ -21,6 +21,14 @@ BAR_PHRASE = [vocab.BAR_END]
 SEP_PHRASE = [vocab.SEP]
 DEFAULT_SLOTS_PER_BAR = 4  # 3 track phrases + b-1 (ref)
 DEFAULT_MAX_SLOTS = 512  # 128 bars of 4 slots (ref)
+# Which tracks a bar keeps when it has more than `slots_per_bar - 1` (the rest are counted in
+# `SlotLayout.dropped_tracks`); the kept ones stay in serialisation order:
+#   "pitch_order": the first ones in serialisation order, highest average pitch first and drums
+#                  last, so drums are the first thing lost (ref);
+#   "keep_drums":  drums keep a slot, the other slots as "pitch_order" (the prepare default: a
+#                  dataset with drums keeps them; identical to the ref on drum-free data);
+#   "most_notes":  the tracks with the most notes (ties: serialisation order).
+TRACK_CHOICES = ("pitch_order", "keep_drums", "most_notes")
 
 
 @dataclasses.dataclass
@@ -38,19 +46,38 @@ def _check_slots_per_bar(slots_per_bar: int) -> None:
         raise ValueError(f"slots_per_bar must be >= 2 (tracks + b-1), got {slots_per_bar}")
 
 
+def chosen_programs(bar, track_slots: int, track_choice: str = "pitch_order") -> list[int]:
+    """The programs of `bar` that get a slot (see TRACK_CHOICES), in serialisation order."""
+    if track_choice not in TRACK_CHOICES:
+        raise ValueError(f"track_choice must be one of {TRACK_CHOICES}, got {track_choice!r}")
+    order = tokenizer.phrase_order(bar)
+    if len(order) <= track_slots:
+        return order
+    if track_choice == "keep_drums" and order[-1] == vocab.DRUM_PROGRAM:
+        return order[: track_slots - 1] + [vocab.DRUM_PROGRAM]
+    if track_choice == "most_notes":
+        ranked = sorted(order, key=lambda p: (-len(bar.tracks[p]), order.index(p)))
+        kept = set(ranked[:track_slots])
+        return [p for p in order if p in kept]
+    return order[:track_slots]
+
+
 def song_slots(
-    song: Song, slots_per_bar: int = DEFAULT_SLOTS_PER_BAR, with_velocity: bool = False
+    song: Song,
+    slots_per_bar: int = DEFAULT_SLOTS_PER_BAR,
+    with_velocity: bool = False,
+    track_choice: str = "pitch_order",
 ) -> SlotLayout:
-    """Lay a song out as slots. A bar with more tracks than `slots_per_bar - 1` keeps the first
-    ones in serialisation order (highest average pitch first, drums last) and counts the rest."""
+    """Lay a song out as slots. A bar with more tracks than `slots_per_bar - 1` keeps the ones
+    `track_choice` names (TRACK_CHOICES) and counts the rest."""
     _check_slots_per_bar(slots_per_bar)
     track_slots = slots_per_bar - 1
     slots: list[list[int]] = []
     dropped = 0
     for bar in song.bars:
-        phrases = tokenizer.bar_phrases(bar, with_velocity)
-        dropped += max(0, len(phrases) - track_slots)
-        phrases = phrases[:track_slots]
+        programs = chosen_programs(bar, track_slots, track_choice)
+        dropped += len(tokenizer.phrase_order(bar)) - len(programs)
+        phrases = [tokenizer.phrase_tokens(p, bar.tracks[p], with_velocity) for p in programs]
         phrases += [list(INST_PHRASE) for _ in range(track_slots - len(phrases))]
         slots += phrases + [list(BAR_PHRASE)]
     return SlotLayout(slots=slots, n_bars=len(song.bars), dropped_tracks=dropped)

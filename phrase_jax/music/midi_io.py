@@ -12,7 +12,6 @@ file back (without annotations) gives the same bars and notes.
 from __future__ import annotations
 
 import collections
-import io
 import itertools
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,34 +20,23 @@ from fractions import Fraction
 import numpy as np
 import pretty_midi
 
-from phrase_jax.music import bar_grid, vocab
+from phrase_jax.music import bar_grid, midi_limits, vocab
 from phrase_jax.music.events import Bar, Note, Song
 
 GRID = vocab.POSITIONS_PER_QUARTER
 DEFAULT_TEMPO = 90.0
 
 
-class MidiReadError(ValueError):
-    """A MIDI file that cannot be read; the message is `<path>: <reason>` on one line."""
+MidiReadError = midi_limits.MidiReadError
 
 
-def load_midi(path: str | os.PathLike) -> pretty_midi.PrettyMIDI:
-    """Read a MIDI file; any failure (missing, empty, truncated, not MIDI, over pretty_midi's
-    tick limit) raises `MidiReadError("<path>: <reason>")`."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise MidiReadError(f"{path}: cannot open file ({exc.strerror or exc})") from exc
-    if not data:
-        raise MidiReadError(f"{path}: empty file, not a MIDI file")
-    try:
-        return pretty_midi.PrettyMIDI(io.BytesIO(data))
-    except EOFError as exc:
-        raise MidiReadError(f"{path}: file ends early (truncated MIDI data)") from exc
-    except Exception as exc:  # mido and pretty_midi raise many unrelated types on bad bytes
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise MidiReadError(f"{path}: not a readable MIDI file ({reason})") from exc
+def load_midi(
+    path: str | os.PathLike, limits: midi_limits.ReadLimits | None = None
+) -> pretty_midi.PrettyMIDI:
+    """Read a MIDI file within `limits`; any failure (missing, empty, truncated, not MIDI, past
+    a limit) raises `MidiReadError("<path>: <reason>")`. `midi_limits.read_midi` also returns
+    what the reading repaired."""
+    return midi_limits.read_midi(path, limits or midi_limits.ReadLimits())[0]
 
 
 class _TickClock:
@@ -161,11 +149,14 @@ def _collect_notes(pm: pretty_midi.PrettyMIDI, track_programs: Mapping[str, int]
     }
 
 
-def _resolve_collisions(notes: list[list[int]]) -> list[list[int]]:
+def _resolve_collisions(
+    notes: list[list[int]], dropped: collections.Counter | None = None
+) -> list[list[int]]:
     """One track's [abs_onset, pitch, duration, velocity] rows, sorted, without same-pitch overlap.
 
     MIDI cannot hold two sounding notes of one pitch in one track (the first note-off ends both),
-    so a repeated onset keeps the longest note and an earlier note is cut at the next onset.
+    so a repeated onset keeps the longest note (the others are counted in `dropped`) and an
+    earlier note is cut at the next onset.
     """
     notes.sort(key=lambda n: (n[0], n[1], -n[2]))
     kept: list[list[int]] = []
@@ -174,6 +165,10 @@ def _resolve_collisions(notes: list[list[int]]) -> list[list[int]]:
         previous = last_by_pitch.get(note[1])
         if previous is not None:
             if previous[0] == note[0]:
+                if dropped is not None:
+                    dropped[
+                        "notes: same pitch and onset in one track (after merging and snapping)"
+                    ] += 1
                 continue
             if previous[0] + previous[2] > note[0]:
                 previous[2] = note[0] - previous[0]
@@ -190,6 +185,7 @@ def midi_to_song(
     downbeat_times: Sequence[float] | None = None,
     quantize_step: int = 1,
     track_programs: Mapping[str, int] | None = None,
+    dropped: collections.Counter | None = None,
 ) -> Song:
     """Quantise a PrettyMIDI to bars of notes on the 12-per-quarter grid.
 
@@ -199,7 +195,7 @@ def midi_to_song(
     snaps onsets and ends to multiples of that many positions inside the bar (3 = 16th notes);
     durations are clamped to [step, 127 rounded down to a step] (a zero-length note gets one
     step). `track_programs` maps instrument names to programs (POP909: MELODY 13, BRIDGE 25,
-    PIANO 0); drums are always program 128.
+    PIANO 0); drums are always program 128. Notes left out are counted by reason in `dropped`.
     """
     if quantize_step < 1:
         raise ValueError(f"quantize_step must be >= 1, got {quantize_step}")
@@ -248,7 +244,7 @@ def midi_to_song(
     ]
     last_used = 0
     for program in sorted(tracks):
-        for onset, pitch, duration, velocity in _resolve_collisions(tracks[program]):
+        for onset, pitch, duration, velocity in _resolve_collisions(tracks[program], dropped):
             index = int(np.searchsorted(bounds, onset, side="right") - 1)
             note = Note(onset - int(bounds[index]), pitch, duration, velocity)
             bars[index].tracks.setdefault(program, []).append(note)
