@@ -48,16 +48,14 @@ from flax import nnx
 
 from benchmarks import common
 from benchmarks.bench_vae import Report, single_device_mesh, time_train_step
+from phrase_jax.artifacts.vae_run import CheckpointRef
 from phrase_jax.diffusion import schedules
+from phrase_jax.generation import generate as sample
+from phrase_jax.generation import slot_decoding
+from phrase_jax.generation import song_output as sampling_output
+from phrase_jax.inference import ldm_loading, vae_loading
 from phrase_jax.models import conditions, dit, vae
-from phrase_jax.stages import (
-    ldm_loading,
-    sample,
-    sampling_output,
-    slot_decoding,
-    train_ldm,
-    vae_loading,
-)
+from phrase_jax.stages import train_ldm
 
 # The issue's PyTorch figures on this CPU (seconds); song rows are per 128-bar song.
 ISSUE_REFERENCE_S = {
@@ -145,7 +143,8 @@ def untrained_pipeline(
         model=vae_model,
         config=ml_collections.ConfigDict({"data": {"max_len": max_len}}),
         config_hash="",
-        step=0,
+        checkpoint=CheckpointRef(0),
+        used_ema=False,
         checkpoint_dir="",
     )
     far = 100.0 * np.eye(3, ldm_config.latent_dim, dtype=np.float32)

@@ -19,7 +19,9 @@ import time
 from benchmarks.bench_vae import Report, single_device_mesh
 from data_pipelines import ldm_pipeline
 from phrase_jax.evaluation import fid
-from phrase_jax.stages import evaluate, ldm_loading, sample
+from phrase_jax.generation import generate as sample
+from phrase_jax.inference import ldm_loading
+from phrase_jax.stages import evaluate
 
 REFERENCE_SONGS = 100  # SPEC 7 (ref): all slots of 100 training songs
 TOLERANCE = 0.05

@@ -14,8 +14,10 @@ from stage_fixtures import load_config, save_tiny_ldm, save_tiny_vae
 from data_pipelines import prepare
 from phrase_jax import config_lib, main
 from phrase_jax.evaluation import fid
+from phrase_jax.evaluation import report as evaluation_report
+from phrase_jax.generation import generate
 from phrase_jax.music.events import Bar, Note, Song
-from phrase_jax.stages import evaluate, evaluation_report
+from phrase_jax.stages import evaluate
 
 STEPS = 2
 
@@ -136,8 +138,8 @@ def test_evaluate_config_names_the_ldm_run_and_the_comparison():
     assert (paper.num_songs, paper.sampler, paper.steps) == (100, "ddpm", 1000)
     assert paper.reference_songs == 100
     config_lib.validate(paper)
-    settings = evaluate.sample.settings_from_config(paper)
-    assert evaluate.sample.resolve_length(settings, 128)[0] == 64  # SPEC 7: 64 bars
+    settings = generate.settings_from_config(paper)
+    assert generate.resolve_length(settings, 128)[0] == 64  # SPEC 7: 64 bars
     assert evaluate.comparison_settings(paper, settings) is None
     other = load_config("evaluate", "compare.steps=50,compare.sampler=ddim")
     compared = evaluate.comparison_settings(other, settings)

@@ -12,9 +12,11 @@ from stage_fixtures import LDM_RUNS, LDM_STEP, VAE_STEP, build_tiny_runs, load_c
 
 from phrase_jax import config_lib, main
 from phrase_jax.diffusion import samplers
+from phrase_jax.generation import generate, slot_decoding
+from phrase_jax.inference import ldm_loading
 from phrase_jax.models import decoding
 from phrase_jax.music import vocab
-from phrase_jax.stages import ldm_loading, sample, slot_decoding
+from phrase_jax.stages import sample
 from phrase_jax.training import sharding
 
 STEPS = 2  # sampler steps everywhere: compiled samplers are reused across tests
@@ -58,17 +60,17 @@ def test_song_end_is_the_first_slot_near_the_sep_latent():
 
 
 def test_sections_and_bars_resolve_to_one_length():
-    assert sample.parse_sections("i4A8B8o4") == [("i", 4), ("A", 8), ("B", 8), ("o", 4)]
-    assert sample.resolve_length(sample.SampleSettings(sections="i4A8"), 128) == (
+    assert generate.parse_sections("i4A8B8o4") == [("i", 4), ("A", 8), ("B", 8), ("o", 4)]
+    assert generate.resolve_length(generate.SampleSettings(sections="i4A8"), 128) == (
         12, [("i", 4), ("A", 8)])  # fmt: skip
-    assert sample.resolve_length(sample.SampleSettings(), 128)[0] == sample.DEFAULT_BARS
-    assert sample.resolve_length(sample.SampleSettings(bars=12, sections="i4A8"), 128)[0] == 12
+    assert generate.resolve_length(generate.SampleSettings(), 128)[0] == generate.DEFAULT_BARS
+    assert generate.resolve_length(generate.SampleSettings(bars=12, sections="i4A8"), 128)[0] == 12
     with pytest.raises(ValueError, match="sections='i4A'"):
-        sample.parse_sections("i4A")
+        generate.parse_sections("i4A")
     with pytest.raises(ValueError, match="bars=16 but sections"):
-        sample.resolve_length(sample.SampleSettings(bars=16, sections="i4A8"), 128)
+        generate.resolve_length(generate.SampleSettings(bars=16, sections="i4A8"), 128)
     with pytest.raises(ValueError, match="bars=200: must be in 1..128"):
-        sample.resolve_length(sample.SampleSettings(bars=200), 128)
+        generate.resolve_length(generate.SampleSettings(bars=200), 128)
 
 
 def test_assembly_by_position_cuts_at_sep_and_counts_disagreements(pipelines, monkeypatch):
@@ -92,8 +94,8 @@ def test_assembly_by_position_cuts_at_sep_and_counts_disagreements(pipelines, mo
 
     monkeypatch.setattr(decoding, "decode_latents", fake_decode)
     # A section string fixes the length exactly: the stage decodes its 3 bars (end=auto).
-    settings = sample.SampleSettings(num_songs=2, sections="i1A2", steps=STEPS)
-    songs, stats = sample.generate(*pipelines["cond"], settings)
+    settings = generate.SampleSettings(num_songs=2, sections="i1A2", steps=STEPS)
+    songs, stats = generate.generate(*pipelines["cond"], settings)
     assert calls == [24]  # one decode: exactly 2 songs x 3 bars x 4 slots
     first, second = stats["songs"]
     assert first["bars"] == 2 and len(songs[0].song.bars) == 2
@@ -110,16 +112,16 @@ def test_assembly_by_position_cuts_at_sep_and_counts_disagreements(pipelines, mo
 def test_only_slots_inside_songs_are_decoded(pipelines, decode_counter):
     """Exact lengths decode exactly their slots; an unconditional model or a length bucket (which
     does not fix the length) decodes up to the detected `[SEP]`-like slot."""
-    settings = sample.SampleSettings(num_songs=3, sections="i1A2", steps=STEPS, batch_size=2)
-    songs, stats = sample.generate(*pipelines["cond"], settings)
+    settings = generate.SampleSettings(num_songs=3, sections="i1A2", steps=STEPS, batch_size=2)
+    songs, stats = generate.generate(*pipelines["cond"], settings)
     assert decode_counter == [24, 12]  # two batches of songs, 12 slots each, no padding
     assert [s.end_slot for s in songs] == [12, 12, 12] and stats["totals"]["decoded_phrases"] == 36
     assert all(len(s.song.bars) <= 3 for s in songs)
 
     for name, bars in (("uncond", 0), ("cond", 3)):
-        settings = sample.SampleSettings(num_songs=2, bars=bars, steps=STEPS)
+        settings = generate.SampleSettings(num_songs=2, bars=bars, steps=STEPS)
         decode_counter.clear()
-        songs, stats = sample.generate(*pipelines[name], settings)
+        songs, stats = generate.generate(*pipelines[name], settings)
         special = pipelines[name].manifest["special_latents"]
         ends = slot_decoding.song_end_slots(np.stack([s.latents_nd for s in songs]), special)
         assert stats["settings"]["end"] == "detect" and [s.end_slot for s in songs] == ends.tolist()
@@ -130,8 +132,8 @@ def test_only_slots_inside_songs_are_decoded(pipelines, decode_counter):
 
 def test_generation_is_deterministic_for_a_seed(pipelines):
     def run(seed):
-        settings = sample.SampleSettings(num_songs=2, sections="i1A1", steps=STEPS, seed=seed)
-        songs, _ = sample.generate(*pipelines["cond"], settings)
+        settings = generate.SampleSettings(num_songs=2, sections="i1A1", steps=STEPS, seed=seed)
+        songs, _ = generate.generate(*pipelines["cond"], settings)
         return np.stack([s.latents_nd for s in songs]), [s.song for s in songs]
 
     latents, songs = run(1)

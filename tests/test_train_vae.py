@@ -13,8 +13,9 @@ from jax.sharding import AxisType
 
 from data_pipelines import prepare
 from phrase_jax import config_lib, main
+from phrase_jax.evaluation import vae_validation as vae_eval
 from phrase_jax.models import vae
-from phrase_jax.stages import train_vae, vae_eval
+from phrase_jax.stages import train_vae
 from phrase_jax.training import checkpointing, metrics, sharding, train_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
