@@ -3,21 +3,29 @@ in-song slots only, determinism, and the stage end to end (every sampler) on tin
 runlocal-size VAE and LDM checkpoints made directly (training them would take minutes)."""
 
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
+import jax
 import numpy as np
 import pretty_midi
 import pytest
+from flax import nnx
 from stage_fixtures import LDM_RUNS, LDM_STEP, VAE_STEP, build_tiny_runs, load_config
 
 from phrase_jax import config_lib, main
+from phrase_jax.artifacts import vae_run
 from phrase_jax.diffusion import samplers
 from phrase_jax.generation import generate, slot_decoding
 from phrase_jax.inference import ldm_loading
 from phrase_jax.models import decoding
 from phrase_jax.music import vocab
-from phrase_jax.stages import sample
-from phrase_jax.training import sharding
+from phrase_jax.stages import sample, train_ldm
+from phrase_jax.training import checkpointing, sharding, train_state
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 STEPS = 2  # sampler steps everywhere: compiled samplers are reused across tests
 
@@ -151,9 +159,16 @@ def test_generation_is_deterministic_for_a_seed(pipelines):
 )  # fmt: skip
 def test_stage_writes_midi_png_and_samples_json(runs, tmp_path, run_name, arg):
     config = load_config("sample", f"runlocal,ldm_workdir={runs[run_name]},steps={STEPS},{arg}")
+    # An earlier run with more songs left its files here: they are replaced, never mixed in.
+    for name in ("song_007.mid", "song_007.png", "song_000.wav", "samples.json"):
+        (tmp_path / name).write_text("earlier run")
+    (tmp_path / "notes.txt").write_text("not a song")
     main.run(config, str(tmp_path))
     stats = json.loads((tmp_path / sample.SAMPLES_JSON).read_text())
     assert len(stats["songs"]) == config.num_songs
+    listed = {name for summary in stats["songs"] for name in summary["files"].values()}
+    assert {p.name for p in tmp_path.glob("song_*")} == listed
+    assert (tmp_path / "notes.txt").exists()
     for summary in stats["songs"]:
         midi = pretty_midi.PrettyMIDI(str(tmp_path / summary["files"]["midi"]))
         assert midi.get_tempo_changes()[1] == pytest.approx([90.0], rel=1e-4)
@@ -205,3 +220,35 @@ def test_sample_config_names_the_ldm_run():
     config_lib.validate(paper)
     with pytest.raises(ValueError, match="at most one"):
         load_config("sample", "lencond,seccond")
+
+
+def test_inference_loaders_read_the_weights_only(runs, monkeypatch):
+    mesh = sharding.make_mesh({"shape": (-1, 1)})
+    config = config_lib.from_json(pathlib.Path(runs["cond"], "config.json").read_text())
+    spec, _, _ = train_ldm.build_state_spec(config, mesh)
+    full = checkpointing.Checkpointer(runs["cond"], async_save=False).restore(LDM_STEP, spec)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("an inference loader built an optimizer or read the train state")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(nnx, "Optimizer", forbidden)
+        patch.setattr(checkpointing.Checkpointer, "restore", forbidden)
+        pipeline = ldm_loading.load_pipeline(runs["cond"], mesh)
+    assert pipeline.ldm.used_ema and not pipeline.vae.used_ema  # the runlocal VAE keeps no EMA
+    assert pipeline.vae.checkpoint == vae_run.CheckpointRef(VAE_STEP, "latest")
+    # The EMA weights, exactly those of the full train state.
+    same = lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # noqa: E731
+    ema_params = nnx.state(train_state.unpack(spec, full.state).ema, nnx.Param)
+    jax.tree.map(same, nnx.state(pipeline.ldm.model, nnx.Param), ema_params)
+
+
+def test_inference_imports_no_stage_or_entry_point():
+    code = (
+        "import sys; import phrase_jax.inference.ldm_loading, phrase_jax.generation.generate, "
+        "phrase_jax.evaluation.report, phrase_jax.artifacts.samples; "
+        "bad = [m for m in sys.modules if m.startswith(('phrase_jax.stages', 'phrase_jax.main'))]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO,
+                   env={**os.environ, "JAX_PLATFORMS": "cpu"})  # fmt: skip

@@ -4,7 +4,6 @@
 step that counts, so the cadence, the logs, the NaN guard and Ctrl-C can be checked exactly.
 """
 
-import itertools
 import math
 
 import jax.numpy as jnp
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 
 from phrase_jax import errors
-from phrase_jax.training import loop, metrics
+from phrase_jax.training import loop, metrics, sharding
 
 
 class FakeCheckpointer:
@@ -25,11 +24,29 @@ class FakeCheckpointer:
         return self.latest
 
     def save(self, step, state, *, data_iterator, json_items):
-        self.saved.append((step, state, data_iterator, json_items))
+        position = None if data_iterator is None else data_iterator.get_state()["position"]
+        self.saved.append((step, state, position, json_items))
         self.latest = step
 
     def wait(self):
         pass
+
+
+class CountingIterator:
+    """Endless batches of 8 rows; its state is how many it handed out."""
+
+    def __init__(self):
+        self.position = 0
+
+    def __next__(self):
+        self.position += 1
+        return {"x": np.zeros((8, 2), np.float32)}
+
+    def get_state(self):
+        return {"position": self.position}
+
+    def set_state(self, state):
+        self.position = state["position"]
 
 
 def fake_step(bad_step=None, interrupt_at=None):
@@ -52,7 +69,7 @@ def train(tmp_path, *, start=0, total=10, checkpointer=None, bad_step=None, inte
     checkpointer = checkpointer or FakeCheckpointer()
     evals, results = [], None
     train_step = fake_step(bad_step, interrupt_at)
-    batches = itertools.repeat({"x": np.zeros((8, 2), np.float32)})
+    batches = loop.Batches(CountingIterator(), sharding.make_mesh({"shape": (-1, 1)}))
     writer = metrics.MetricWriter(tmp_path)
     cadence = loop.Cadence(total, log_every, checkpoint_every, eval_every)
     train_log = loop.TrainLog(writer, total, start, progress_keys=("loss",), summed=summed,
@@ -60,7 +77,7 @@ def train(tmp_path, *, start=0, total=10, checkpointer=None, bad_step=None, inte
     state, step, last_checkpoint = start, start, checkpointer.latest_step()
     try:
         while step < total:
-            state, step_metrics = train_step(state, next(batches), None)
+            state, step_metrics = train_step(state, batches.next(step), None)
             step += 1
             train_log.add(step, step_metrics)
             if cadence.log(step) or cadence.checkpoint(step):
@@ -68,7 +85,7 @@ def train(tmp_path, *, start=0, total=10, checkpointer=None, bad_step=None, inte
             if cadence.log(step):
                 train_log.write(step, means)
             if cadence.checkpoint(step):
-                checkpointer.save(step, state, data_iterator=None, json_items={})
+                checkpointer.save(step, state, data_iterator=batches.iterator, json_items={})
                 last_checkpoint = step
             if cadence.eval(step):
                 evals.append((step, state, last_checkpoint))
@@ -76,7 +93,7 @@ def train(tmp_path, *, start=0, total=10, checkpointer=None, bad_step=None, inte
             if cadence.log(step) or cadence.eval(step):
                 train_log.restart_clock(step)
     except KeyboardInterrupt:
-        loop.save_and_raise_interrupted(checkpointer, step, state, train_log)
+        loop.save_and_raise_interrupted(checkpointer, step, state, train_log, batches)
     return results, checkpointer, evals
 
 
@@ -125,7 +142,10 @@ def test_ctrl_c_saves_the_last_finished_step_and_raises_interrupted(tmp_path):
     checkpointer = FakeCheckpointer()
     with pytest.raises(errors.Interrupted, match="interrupted at step 6; run the same command"):
         train(tmp_path, checkpointer=checkpointer, interrupt_at=7)
-    assert [(s, state) for s, state, *_ in checkpointer.saved] == [(4, 4), (6, 6)]
+    # Step 6's state, with the data position after batch 6: batch 7 was drawn for a step that
+    # never ran, so the resumed run trains on it.
+    assert [(s, state, position) for s, state, position, _ in checkpointer.saved] == [
+        (4, 4, 4), (6, 6, 6)]  # fmt: skip
     # Ctrl-C right after a checkpoint saves nothing new.
     checkpointer = FakeCheckpointer()
     with pytest.raises(errors.Interrupted) as stopped:

@@ -192,12 +192,13 @@ def run(config, workdir: str) -> dict[str, float] | None:
                            config.checkpoint.every_steps, config.eval.every_steps)  # fmt: skip
     train_log = loop.TrainLog(writer, config.total_steps, step,
                               progress_keys=("loss", "mse_low_t", "mse_high_t"))  # fmt: skip
+    batches = loop.Batches(train_iter, mesh)
     rng = jax.random.key(config.seed)
     last_checkpoint, results = checkpointer.latest_step(), None
 
     try:
         while step < config.total_steps:
-            batch = sharding.make_global_batch(next(train_iter), mesh)
+            batch = batches.next(step)
             state, step_metrics = train_step(state, batch, rng)
             step += 1
             train_log.add(step, step_metrics)
@@ -218,7 +219,7 @@ def run(config, workdir: str) -> dict[str, float] | None:
                 train_log.restart_clock(step)
     except KeyboardInterrupt:
         loop.save_and_raise_interrupted(
-            checkpointer, step, state, train_log, data_iterator=train_iter, json_items=json_items
+            checkpointer, step, state, train_log, batches, json_items=json_items
         )
     finally:
         checkpointer.close()

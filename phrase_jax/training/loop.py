@@ -2,15 +2,17 @@
 
     cadence = loop.Cadence(total_steps, log_every, checkpoint_every, eval_every)
     train_log = loop.TrainLog(writer, total_steps, step, progress_keys=("loss",))
+    batches = loop.Batches(train_iter, mesh)
     while step < total_steps:
-        ...; state, step_metrics = train_step(state, batch, rng); step += 1
+        batch = batches.next(step)
+        state, step_metrics = train_step(state, batch, rng); step += 1
         train_log.add(step, step_metrics)
         if cadence.log(step) or cadence.checkpoint(step):
             means = train_log.means(last_checkpoint)   # raises on NaN/inf: never saved
         if cadence.log(step): train_log.write(step, means)
         ...
     except KeyboardInterrupt:
-        loop.save_and_raise_interrupted(checkpointer, step, state, ...)
+        loop.save_and_raise_interrupted(checkpointer, step, state, train_log, batches, ...)
 
 Step metrics stay on device until a log or checkpoint step and are then fetched once; a log
 covers every step since the previous log; steps/s and token rates cover training time only.
@@ -20,13 +22,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import jax
 from absl import logging
 
 from phrase_jax import errors
-from phrase_jax.training import metrics
+from phrase_jax.training import metrics, sharding
 
 # (summed counters since the last log, elapsed seconds) -> (JSONL rates, Progress.report kwargs).
 RatesFn = Callable[[dict, float], tuple[dict, dict]]
@@ -52,6 +55,27 @@ class Cadence:
 
     def eval(self, step: int) -> bool:
         return self._due(step, self.eval_every)
+
+
+class Batches:
+    """Global batches from this process's data iterator, remembering the data position before
+    the batch of the step in progress: after Ctrl-C, the saved position must be the one after
+    the last finished step, not after a batch drawn for a step that never ran."""
+
+    def __init__(self, iterator: Iterator, mesh):
+        self.iterator, self.mesh = iterator, mesh
+        self._drawn_for: tuple[int, Any] | None = None
+
+    def next(self, step: int) -> dict:
+        """The global batch for the step after `step` (the steps finished so far)."""
+        self._drawn_for = (step, self.iterator.get_state())
+        return sharding.make_global_batch(next(self.iterator), self.mesh)
+
+    def rewind_unfinished(self, step: int) -> None:
+        """Puts back the batch drawn for a step that did not finish (`step` steps finished)."""
+        if self._drawn_for is not None and self._drawn_for[0] == step:
+            self.iterator.set_state(self._drawn_for[1])
+            self._drawn_for = None
 
 
 def token_rates(counts: dict, elapsed: float) -> tuple[dict, dict]:
@@ -125,13 +149,14 @@ def save_and_raise_interrupted(
     step: int,
     state,
     train_log: TrainLog,
+    batches: Batches | None = None,
     *,
-    data_iterator=None,
     json_items: Mapping | None = None,
 ) -> None:
-    """After Ctrl-C: checkpoints `state` at `step` when that is sensible (a step not saved yet,
-    buffers not donated to an unfinished step, finite metrics), then raises
-    `errors.Interrupted(step)` so the entry point prints one line."""
+    """After Ctrl-C: checkpoints `state` (and the data position after its last batch) at
+    `step` when that is sensible (a step not saved yet, buffers not donated to an unfinished
+    step, finite metrics), then raises `errors.Interrupted(step saved)` so the entry point
+    prints one line."""
     saved = checkpointer.latest_step()
     if step != saved and step > 0 and _alive(state):
         try:
@@ -139,7 +164,11 @@ def save_and_raise_interrupted(
         except FloatingPointError:
             logging.warning("Ctrl-C at step %d: metrics not finite, checkpoint not saved", step)
         else:
-            checkpointer.save(step, state, data_iterator=data_iterator, json_items=json_items)
+            iterator = None
+            if batches is not None:
+                batches.rewind_unfinished(step)
+                iterator = batches.iterator
+            checkpointer.save(step, state, data_iterator=iterator, json_items=json_items)
             checkpointer.wait()
             saved = step
     logging.warning("interrupted at step %d; last checkpoint: step %s", step, saved)
