@@ -13,8 +13,7 @@ from stage_fixtures import load_config, save_tiny_ldm, save_tiny_vae
 
 from data_pipelines import prepare
 from phrase_jax import config_lib, main
-from phrase_jax.evaluation import fid
-from phrase_jax.evaluation import report as evaluation_report
+from phrase_jax.evaluation import fid, report
 from phrase_jax.generation import generate
 from phrase_jax.music.events import Bar, Note, Song
 from phrase_jax.stages import evaluate
@@ -91,10 +90,10 @@ def test_stage_writes_metrics_table_and_plot(chain, tmp_path):
         assert rows[kind]["metrics"]["length_exact_accuracy"] == np.mean(n_bars == 4)
         assert rows[kind]["metrics"]["mean_n_bars"] == np.mean(n_bars)
 
-    markdown = (tmp_path / evaluation_report.MARKDOWN).read_text()
+    markdown = (tmp_path / report.MARKDOWN).read_text()
     for row in result["rows"]:
         assert row["name"] in markdown
-    assert markdown.count(evaluation_report.REPORTED_SOURCE) >= 3
+    assert markdown.count(report.REPORTED_SOURCE) >= 3
     assert "| 4.240 | — | — | — | 0.444 | 5% |" in markdown
     assert "| 0.165 | 0% | 95% |" in markdown
     assert "Note statistics" in markdown
@@ -120,7 +119,7 @@ def test_undefined_metrics_are_nan_and_null_not_errors():
         assert math.isnan(metrics[key]), key
     assert metrics["length_bucket_accuracy"] == 0.0 and metrics["memorisation_rate"] == 0.0
     assert evaluate._json_ready({"a": [metrics["srs"], np.float32(1.5)]}) == {"a": [None, 1.5]}
-    assert evaluation_report.format_value(metrics["srs"], ".3f") == "—"
+    assert report.format_value(metrics["srs"], ".3f") == "—"
 
     # One 1-bar song: a Gaussian needs 2 windows, so FID-2 and up stay undefined; FID is not.
     short = evaluate.SongSet("short", "real", [rng.normal(size=(4, 8))], [_song(1)])

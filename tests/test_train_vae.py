@@ -13,7 +13,7 @@ from jax.sharding import AxisType
 
 from data_pipelines import prepare
 from phrase_jax import config_lib, errors, main
-from phrase_jax.evaluation import vae_validation as vae_eval
+from phrase_jax.evaluation import vae_validation
 from phrase_jax.models import vae
 from phrase_jax.stages import train_vae
 from phrase_jax.training import checkpointing, metrics, sharding, train_state
@@ -202,7 +202,8 @@ def _mesh(shape):
 
 def test_vae_loss_and_gradients_match_across_meshes(data_dir):
     config = load_config("vae", f"runlocal,data.dir={data_dir}")
-    local = next(vae_eval.make_loader(config, "train", batch_size=8, shuffle=True, num_epochs=1))
+    loader = vae_validation.make_loader(config, "train", batch_size=8, shuffle=True, num_epochs=1)
+    local = next(loader)
     loss_fn = train_vae.make_loss_fn(config.kl_weight)
     with nnx.use_eager_sharding(False):  # one set of weights, placed on every mesh below
         graphdef, weights = nnx.split(vae.PhraseVAE(config.model, rngs=nnx.Rngs(0)))

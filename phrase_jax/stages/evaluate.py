@@ -162,7 +162,7 @@ def real_set(
         assembled = _assembled_songs(data_dir, split, slots_per_bar)
         missing = [n for n in latent_split.names if n not in assembled]
         if missing:
-            raise ValueError(
+            raise run_dir.WrongArtifact(
                 f"{data_dir}: {split} song {missing[0]} of {latents_dir} is not in the prepared "
                 "data; pass the data dir the latents were extracted from (data_dir=...)"
             )
@@ -170,7 +170,9 @@ def real_set(
         latents += trimmed_latents(latent_split, rows, slots_per_bar)
         songs += [assembled[n] for n in latent_split.names]
     if not songs:
-        raise ValueError(f"{latents_dir}: splits {list(splits)} hold no songs; set real_splits")
+        raise run_dir.WrongArtifact(
+            f"{latents_dir}: splits {list(splits)} hold no songs; set real_splits"
+        )
     label = "+".join(splits)
     return SongSet(f"real held-out ({label})", "real", latents, songs, info={"splits": label})
 

@@ -146,7 +146,7 @@ def _collect_songs(data_dir: str, splits, slots_per_bar: int, max_slots: int):
         for song in sources.read_songs(data_dir, split):
             n_slots = slots_per_bar * song["n_bars"]
             if len(song["slots"]) != n_slots:
-                raise ValueError(
+                raise run_dir.WrongArtifact(
                     f"{data_dir}: song {song['name']} has {len(song['slots'])} slots for "
                     f"{song['n_bars']} bars x {slots_per_bar}; re-run prepare"
                 )
@@ -162,7 +162,9 @@ def _collect_songs(data_dir: str, splits, slots_per_bar: int, max_slots: int):
             kept.append(song)
         by_split[split] = kept
     if not by_split.get("train"):
-        raise ValueError(f"{data_dir}: no train songs to extract; the scale needs the train split")
+        raise run_dir.WrongArtifact(
+            f"{data_dir}: no train songs to extract; the scale needs the train split"
+        )
     return by_split, skipped
 
 

@@ -25,7 +25,7 @@ from absl import logging
 from flax import nnx
 
 from data_pipelines import ldm_pipeline
-from phrase_jax.artifacts import latents, ldm_run
+from phrase_jax.artifacts import latents, ldm_run, run_dir
 from phrase_jax.diffusion import losses, schedules
 from phrase_jax.models import conditions, dit
 from phrase_jax.training import checkpointing, loop, metrics, optim, sharding, train_state
@@ -79,7 +79,7 @@ def check_latents(config, manifest: dict) -> None:
     """The model must fit the extracted latents: same slot count and latent width."""
     for key, model_key in (("max_slots", "n_slots"), ("latent_dim", "latent_dim")):
         if manifest[key] != config.model[model_key]:
-            raise ValueError(
+            raise run_dir.WrongArtifact(
                 f"config model.{model_key}={config.model[model_key]} but the latents in "
                 f"{config.latents.dir} have {key} {manifest[key]}; set model.{model_key}="
                 f"{manifest[key]}"
@@ -92,7 +92,7 @@ def section_vocabulary(config, manifest: dict, workdir: str) -> conditions.Secti
     train_sections = [s["sections"] or [] for s in manifest["songs"] if s["split"] == "train"]
     vocab = conditions.SectionVocab.build(train_sections)
     if len(vocab) > config.model.section_vocab_size:
-        raise ValueError(
+        raise run_dir.WrongArtifact(
             f"{len(vocab)} section types exceed config model.section_vocab_size="
             f"{config.model.section_vocab_size}; raise it"
         )
