@@ -208,6 +208,7 @@ def test_mismatched_runs_fail_with_clear_errors(runs, tmp_path):
     with pytest.raises(ValueError, match="sampler='euler'"):
         config = load_config("sample", f"runlocal,ldm_workdir={runs['uncond']},sampler=euler")
         main.run(config, str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "config.json").exists()  # refused before writing it
 
 
 def test_sample_config_names_the_ldm_run():

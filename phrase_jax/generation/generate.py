@@ -160,6 +160,22 @@ def _progress_line(done: int, total: int, elapsed: float) -> str:
     return f"songs {done}/{total} ({100 * done / total:.0f}%) | {rate:.3g} songs/s | ETA {eta_text}"
 
 
+def check_settings(settings: SampleSettings) -> str:
+    """Checks what needs no model (sampler, end rule, decode slots, sizes, the section string);
+    returns the sampler's method name. Stages call it before loading anything."""
+    method = SAMPLER_ALIASES.get(settings.sampler, settings.sampler)
+    if method not in samplers.METHODS:
+        raise ValueError(f"config sampler={settings.sampler!r}: one of {samplers.METHODS}")
+    if settings.num_songs < 1 or settings.batch_size < 1 or settings.decode_chunk < 1:
+        raise ValueError("config num_songs, batch_size and decode_chunk must be >= 1")
+    if settings.end not in END_RULES:
+        raise ValueError(f"config end={settings.end!r}: one of {END_RULES}")
+    if settings.decode_slots not in DECODE_SLOTS:
+        raise ValueError(f"config decode_slots={settings.decode_slots!r}: one of {DECODE_SLOTS}")
+    parse_sections(settings.sections)
+    return method
+
+
 def generate(
     ldm: LoadedLDM, vae: vae_loading.LoadedVAE, manifest: dict, settings: SampleSettings
 ) -> tuple[list[GeneratedSong], dict]:
@@ -170,17 +186,9 @@ def generate(
     model_config = ldm.model.config
     n_slots, latent_dim = model_config.n_slots, model_config.latent_dim
     slots_per_bar = int(manifest["slots_per_bar"])
-    method = SAMPLER_ALIASES.get(settings.sampler, settings.sampler)
-    if method not in samplers.METHODS:
-        raise ValueError(f"config sampler={settings.sampler!r}: one of {samplers.METHODS}")
+    method = check_settings(settings)
     if not 1 <= settings.steps <= ldm.schedule.num_steps:
         raise ValueError(f"config steps={settings.steps}: in 1..{ldm.schedule.num_steps}")
-    if settings.num_songs < 1 or settings.batch_size < 1 or settings.decode_chunk < 1:
-        raise ValueError("config num_songs, batch_size and decode_chunk must be >= 1")
-    if settings.end not in END_RULES:
-        raise ValueError(f"config end={settings.end!r}: one of {END_RULES}")
-    if settings.decode_slots not in DECODE_SLOTS:
-        raise ValueError(f"config decode_slots={settings.decode_slots!r}: one of {DECODE_SLOTS}")
     bars, sections = resolve_length(settings, n_slots // slots_per_bar)
     conds = condition_arrays(ldm, bars, sections)
     # A 10-bar length bucket does not fix the length; exact bars or a section string do.

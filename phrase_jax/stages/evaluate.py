@@ -254,6 +254,8 @@ def run(config, workdir: str) -> dict:
     started = time.monotonic()
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
+    settings = generate.settings_from_config(config)
+    generate.check_settings(settings)  # before anything loads or config.json is written
     mesh = sharding.make_mesh(config.mesh)
     pipeline = ldm_loading.load_pipeline(
         config.ldm_workdir, mesh, ldm_step=config.ldm_step or None, use_ema=config.use_ema,
@@ -284,7 +286,6 @@ def run(config, workdir: str) -> dict:
     sets = [real_set(latents_dir, manifest, data_dir, config.real_splits, spb)]
     timings["real_data_s"] = time.monotonic() - tick
 
-    settings = generate.settings_from_config(config)
     sets.append(_generate_row(pipeline, settings, "generated", config.label))
     compare_settings = comparison_settings(config, settings)
     if compare_settings is not None:

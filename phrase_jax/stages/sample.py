@@ -33,6 +33,7 @@ def run(config, workdir: str) -> dict:
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     settings = generate.settings_from_config(config)
+    generate.check_settings(settings)  # before anything loads or config.json is written
     mesh = sharding.make_mesh(config.mesh)
     pipeline = ldm_loading.load_pipeline(
         config.ldm_workdir,
