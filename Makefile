@@ -139,7 +139,7 @@ eval: $(VENV)/.installed
 	$(PY) -m phrase_jax.main --workdir $(call run_dir,evaluate) \
 		--config experiments/evaluate.py:$(EVAL_CONFIG_ARGS)
 
-# The whole job end to end on this machine (phrase_jax/stages/demo.py; sizes: experiments/demo.py):
+# The whole job end to end on this machine (phrase_jax/demo.py; sizes: experiments/demo.py):
 # prepare data, train the three VAE stages, extract latents, train a length-conditioned LDM,
 # generate songs and evaluate them, all into $(DEMO_OUT); re-running skips finished phases and
 # resumes an interrupted one. Data: the Bach chorales inside music21, or POP909 with
@@ -151,5 +151,5 @@ DEMO_DATASET ?=
 DEMO_ARGS ?=
 
 demo: $(VENV)/.installed
-	$(PY) -m phrase_jax.stages.demo --out $(DEMO_OUT) $(if $(DEMO_DATASET),--dataset $(DEMO_DATASET) \
+	$(PY) -m phrase_jax.demo --out $(DEMO_OUT) $(if $(DEMO_DATASET),--dataset $(DEMO_DATASET) \
 		--pop909_dir $(POP909_DIR)) $(if $(DEMO_ARGS),--settings $(DEMO_ARGS))

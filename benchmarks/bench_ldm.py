@@ -14,7 +14,7 @@ Paper size: `dit.paper_config(("length",))` (29.5 M parameters) and the paper VA
   see its memory);
 - denoising step: one jitted model call at batch 1 and 8 (and in bf16 at batch 1, with its
   largest deviation from fp32 relative to the output's standard deviation);
-- one song of `--bars` bars through the real `sample.generate` (end = the requested length):
+- one song of `--bars` bars through the real `generate.generate` (end = the requested length):
   diffusion per sampler, VAE decode of the song's slots, assembly, MIDI write. DDPM-1000 is
   timed with `--ddpm_steps` steps and its diffusion time scaled by 1000 / steps (every step costs
   the same model call); the row says so (`extrapolated_from_steps`). Untrained models have no
@@ -48,17 +48,13 @@ from flax import nnx
 
 from benchmarks import common
 from benchmarks.bench_vae import Report, single_device_mesh, time_train_step
+from phrase_jax.artifacts.vae_run import CheckpointRef
 from phrase_jax.diffusion import schedules
+from phrase_jax.generation import generate, slot_decoding, song_output
+from phrase_jax.inference import ldm_loading, vae_loading
 from phrase_jax.models import dit, vae
 from phrase_jax.music import sections
-from phrase_jax.stages import (
-    ldm_loading,
-    sample,
-    sampling_output,
-    slot_decoding,
-    train_ldm,
-    vae_loading,
-)
+from phrase_jax.stages import train_ldm
 
 # The issue's PyTorch figures on this CPU (seconds); song rows are per 128-bar song.
 ISSUE_REFERENCE_S = {
@@ -146,7 +142,8 @@ def untrained_pipeline(
         model=vae_model,
         config=ml_collections.ConfigDict({"data": {"max_len": max_len}}),
         config_hash="",
-        step=0,
+        checkpoint=CheckpointRef(0),
+        used_ema=False,
         checkpoint_dir="",
     )
     far = 100.0 * np.eye(3, ldm_config.latent_dim, dtype=np.float32)
@@ -164,10 +161,10 @@ def parse_samplers(text: str) -> list[tuple[str, int]]:
     pairs = []
     for item in filter(None, text.split(",")):
         method, _, steps = item.partition(":")
-        method = sample.SAMPLER_ALIASES.get(method, method)
-        if method not in sample.samplers.METHODS or not steps.isdigit():
+        method = generate.SAMPLER_ALIASES.get(method, method)
+        if method not in generate.samplers.METHODS or not steps.isdigit():
             raise ValueError(f"--samplers item {item!r}: use METHOD:STEPS, METHOD one of "
-                             f"{sample.samplers.METHODS}")  # fmt: skip
+                             f"{generate.samplers.METHODS}")  # fmt: skip
         pairs.append((method, int(steps)))
     return pairs
 
@@ -200,7 +197,7 @@ def bench_song(
     reference: bool,
     baselines: bool = True,
 ) -> dict[str, list]:
-    """One song of `bars` bars per sampler through `sample.generate` decoding the track slots,
+    """One song of `bars` bars per sampler through `generate.generate` decoding the track slots,
     and (`baselines`) DDPM-1000 and the last sampler decoding all slots; returns {decode mode:
     [songs]} (the last run's song of each row)."""
     songs = {}
@@ -212,15 +209,15 @@ def bench_song(
         runs_plan = [("tracks", plans[0])] + runs_plan + [("all", plans[-1])]
     with tempfile.TemporaryDirectory() as out_dir:
         for mode, (method, steps, factor) in runs_plan:
-            settings = sample.SampleSettings(
+            settings = generate.SampleSettings(
                 num_songs=1, bars=bars, sampler=method, steps=steps, end=end,
                 batch_size=1, decode_slots=mode,
             )  # fmt: skip
             parts, last = [], {}
 
             def one_song(settings=settings, parts=parts, last=last):
-                generated, stats = sample.generate(*pipeline, settings)
-                _, written = sampling_output.write_songs(
+                generated, stats = generate.generate(*pipeline, settings)
+                _, written = song_output.write_songs(
                     [g.song for g in generated], out_dir, piano_roll=False
                 )
                 parts.append(dict(stats["timings"], **written))

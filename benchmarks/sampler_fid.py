@@ -4,7 +4,7 @@
         --fid_ldm_workdir runs/ldm_lencond_cpu --fid_songs 32 --fid_bars 64
 
 Every sampler starts from the same noise (seed 0) and generates `num_songs` songs of exactly
-`bars` bars (end = the requested length) through `sample.generate`; PhraseFID (SPEC 7) is taken
+`bars` bars (end = the requested length) through `generate.generate`; PhraseFID (SPEC 7) is taken
 against all slots of 100 training songs of the run's latents (`stages/evaluate.reference_set`).
 A second DDPM-1000 set from other noise (seed 1) gives the FID's own sampling noise. Lower
 PhraseFID is better: a fast sampler whose FID is at most 5% above DDPM-1000's (`within_5pct`;
@@ -19,7 +19,9 @@ import time
 from benchmarks.bench_vae import Report, single_device_mesh
 from data_pipelines import ldm_pipeline
 from phrase_jax.evaluation import fid
-from phrase_jax.stages import evaluate, ldm_loading, sample
+from phrase_jax.generation import generate
+from phrase_jax.inference import ldm_loading
+from phrase_jax.stages import evaluate
 
 REFERENCE_SONGS = 100  # SPEC 7 (ref): all slots of 100 training songs
 TOLERANCE = 0.05
@@ -28,12 +30,12 @@ TOLERANCE = 0.05
 def sampler_fid(pipeline, reference, *, method: str, steps: int, num_songs: int, bars: int,
                 seed: int = 0) -> tuple[float, dict]:  # fmt: skip
     """(PhraseFID vs `reference`, details) of `num_songs` songs from one sampler."""
-    settings = sample.SampleSettings(
+    settings = generate.SampleSettings(
         num_songs=num_songs, bars=bars, sampler=method, steps=steps, seed=seed,
         end="condition", decode_slots="tracks",
     )  # fmt: skip
     started = time.monotonic()
-    generated, stats = sample.generate(*pipeline, settings)
+    generated, stats = generate.generate(*pipeline, settings)
     spb = int(pipeline.manifest["slots_per_bar"])
     song_set = evaluate.generated_set(method, "generated", generated, stats, spb)
     details = {

@@ -21,31 +21,22 @@ process count) -> this process's rows -> one gather per batch.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from typing import Any
 
 import grain
 import numpy as np
 
-MANIFEST = "manifest.json"
+from phrase_jax.artifacts import latents as latents_artifact
+
+MANIFEST = latents_artifact.MANIFEST
 MAX_SECTIONS = 30  # ref: section lists padded or cut to 30
 MAX_BARS = 128
 
 
 def read_manifest(latents_dir: str | pathlib.Path) -> dict:
-    """The latents dir's manifest.json (written last by the extraction stage)."""
-    path = pathlib.Path(latents_dir) / MANIFEST
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} not found: extract the latents first "
-            "(python -m phrase_jax.main --config experiments/extract.py --workdir DIR)"
-        )
-    manifest = json.loads(path.read_text())
-    for key in ("scale", "shards", "songs", "max_slots", "latent_dim"):
-        if key not in manifest:
-            raise ValueError(f"{path}: no {key!r}; re-run the latent extraction")
-    return manifest
+    """The latents dir's manifest.json, checked where its schema lives (artifacts/latents.py)."""
+    return latents_artifact.read(str(latents_dir))
 
 
 @dataclasses.dataclass

@@ -1,11 +1,11 @@
 """The end-to-end demo (`make demo`): every stage at a size that runs in about 15 minutes on an
-idle 2-core CPU, all outputs in one folder. Read by `phrase_jax.stages.demo`, not by
+idle 2-core CPU, all outputs in one folder. Read by `phrase_jax.demo`, not by
 phrase_jax.main.
 
     make demo                                           # outputs/demo, Bach chorales
     make demo DEMO_DATASET=pop909 POP909_DIR=/path/to/pop909
-    python -m phrase_jax.stages.demo --out outputs/demo
-    python -m phrase_jax.stages.demo --out /tmp/demo --settings runlocal,songs=12
+    python -m phrase_jax.demo --out outputs/demo
+    python -m phrase_jax.demo --out /tmp/demo --settings runlocal,songs=12
 
 Variants (comma-separated): a dataset, `chorales` (default; the Bach chorales shipped inside
 music21, 5 slots per bar = four voices + b-1) or `pop909` (4 slots per bar); and `runlocal`

@@ -3,9 +3,10 @@
     python -m phrase_jax.main --config experiments/vae.py:runlocal,total_steps=10 \
         --workdir /tmp/vae_run [--config.optim.learning_rate=3e-4] [--verbose]
 
-The workdir is the run's identity: `config.json` is written there and the stage resumes from
-the checkpoints it finds there. Before anything is loaded, `config_lib.validate` checks the keys
-every stage of its kind needs and the stage's own `validate_config` its own keys and inputs.
+The workdir is the run's identity: the stage writes `config.json` there (after its checks) and
+resumes from the checkpoints it finds there. Before anything is loaded, `config_lib.validate`
+checks the keys every stage of its kind needs and the stage's own `validate_config` its own keys
+and inputs.
 
 Everyday mistakes (an unknown or mistyped key, a value of the wrong type, a missing run, data
 folder or checkpoint: `errors.UserError`, `MidiReadError`, `CheckpointError`, absl flag errors)
@@ -172,20 +173,13 @@ def validate(config) -> ModuleType:
 
 
 def prepare_workdir(config, workdir: str) -> str:
-    """Creates the workdir and writes config.json atomically (process 0); returns its absolute
-    path. An evaluation of an existing run (`mode=eval`) writes `eval_config.json` instead, so
-    it never replaces the config the run was trained with."""
+    """Creates the workdir (process 0); returns its absolute path. The stage writes config.json
+    itself once its checks pass (phrase_jax/artifacts/), so a rejected launch never replaces
+    the config a run was trained with."""
+    del config  # the stage writes it
     workdir = os.path.abspath(workdir)
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        name = "config.json"
-        is_eval = "mode" in config and config.mode == "eval"
-        if is_eval and os.path.exists(os.path.join(workdir, name)):
-            name = "eval_config.json"
-        path = os.path.join(workdir, name)
-        with open(f"{path}.tmp", "w") as f:
-            f.write(config_lib.to_json(config))
-        os.replace(f"{path}.tmp", path)
     return workdir
 
 

@@ -7,9 +7,11 @@ import pathlib
 
 import pytest
 
-from phrase_jax import config_lib, main
+from phrase_jax import config_lib
+from phrase_jax.artifacts import latents, run_dir
+from phrase_jax.inference import vae_loading
 from phrase_jax.music import layout, sections
-from phrase_jax.stages import extract_latents, train_ldm, train_vae, vae_loading
+from phrase_jax.stages import extract_latents, train_ldm, train_vae
 from phrase_jax.training import checkpointing, sharding
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -26,7 +28,7 @@ def load_config(name: str, arg: str = ""):
 
 
 def save_fresh_state(config, workdir: pathlib.Path, build_state_spec, step: int, json_items):
-    main.prepare_workdir(config, str(workdir))  # config.json, as main.run writes it
+    run_dir.write_config(config, str(workdir))  # config.json, as the stages write it
     mesh = sharding.make_mesh({"shape": (-1, 1)})
     spec, create, _ = build_state_spec(config, mesh)
     checkpointer = checkpointing.Checkpointer(workdir, async_save=False)
@@ -43,7 +45,7 @@ def save_tiny_ldm(workdir: pathlib.Path, latents_dir: pathlib.Path, model_condit
     """An untrained runlocal LDM run at LDM_STEP on `latents_dir` (its manifest's provenance
     recorded in the checkpoint, as train_ldm does), with `model_conditions`."""
     manifest = json.loads((latents_dir / "manifest.json").read_text())
-    provenance = {k: manifest[k] for k in train_ldm.LATENT_PROVENANCE}
+    provenance = latents.training_data(manifest)
     section_vocab = sections.SectionVocab.build(SECTION_TYPES)
     config = load_config("ldm", f"runlocal,seccond,latents.dir={latents_dir}")
     config.model.conditions = tuple(model_conditions)
@@ -72,7 +74,7 @@ def build_tiny_runs(root: pathlib.Path, ldm_runs=tuple(LDM_RUNS)) -> dict[str, s
     )
     manifest = {
         "vae_workdir": str(paths["vae"]), "vae_step": VAE_STEP,
-        "vae_config_hash": loaded.config_hash, "vae_checkpoint": loaded.checkpoint_dir,
+        "vae_config_hash": loaded.config_hash, "vae_checkpoint": loaded.checkpoint.to_json(),
         "slots_per_bar": 4, "max_slots": 512, "latent_dim": 8, "scale": 0.5, "clip": 3.0,
         "special_latents": dict(zip(("inst", "bar", "sep"), special.tolist(), strict=True)),
         "songs": [], "shards": {}, "splits": {},

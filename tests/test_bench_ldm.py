@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from benchmarks import bench_ldm
+from phrase_jax.generation import slot_decoding
 from phrase_jax.models import dit, vae
-from phrase_jax.stages import slot_decoding
 
 TINY_LDM = dit.PhraseLDMConfig(
     n_slots=16, latent_dim=8, width=16, num_layers=1, num_heads=2, head_dim=8, num_kv_heads=1,

@@ -13,6 +13,7 @@ import pytest
 from absl import flags
 
 from phrase_jax import config_lib, errors, main, run_names
+from phrase_jax.artifacts import vae_run
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -203,12 +204,15 @@ def test_main_dispatches_and_writes_config_json(experiment, tmp_path, monkeypatc
     config = config_lib.load_experiment(f"{experiment}:runlocal")
     main.run(config, str(tmp_path / "run"))
     assert calls and calls[0][1] == str(tmp_path / "run") and checked == [config]
+    # main only creates the workdir; the stage writes config.json once its checks passed.
+    assert not (tmp_path / "run" / "config.json").exists()
+    vae_run.write_config(config, str(tmp_path / "run"))
     written = json.loads((tmp_path / "run" / "config.json").read_text())
     assert written["total_steps"] == 10
     # Evaluating the run never replaces the config it was trained with.
     evaluation = config_lib.load_experiment(f"{experiment}:runlocal,total_steps=3", lock=False)
     evaluation.mode = "eval"
-    main.run(evaluation, str(tmp_path / "run"))
+    vae_run.write_config(evaluation, str(tmp_path / "run"))
     assert json.loads((tmp_path / "run" / "config.json").read_text())["total_steps"] == 10
     assert json.loads((tmp_path / "run" / "eval_config.json").read_text())["mode"] == "eval"
     with pytest.raises(config_lib.ConfigError, match="stage='dance' is unknown"):

@@ -1,4 +1,4 @@
-"""The end-to-end demo (phrase_jax/stages/demo.py): dataset choice, stage configs built from
+"""The end-to-end demo (phrase_jax/demo.py): dataset choice, stage configs built from
 experiments/demo.py with this output folder's paths and the chorales' 5-slot layout, and (slow)
 a runlocal demo on a dozen Bach chorales end to end, then re-runs that skip finished phases."""
 
@@ -8,8 +8,8 @@ import pathlib
 import pretty_midi
 import pytest
 
+from phrase_jax import demo
 from phrase_jax.music import vocab
-from phrase_jax.stages import demo
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -13,9 +13,10 @@ from stage_fixtures import load_config, save_tiny_ldm, save_tiny_vae
 
 from data_pipelines import prepare
 from phrase_jax import config_lib, main
-from phrase_jax.evaluation import fid
+from phrase_jax.evaluation import fid, report
+from phrase_jax.generation import generate
 from phrase_jax.music.events import Bar, Note, Song
-from phrase_jax.stages import evaluate, evaluation_report
+from phrase_jax.stages import evaluate
 
 STEPS = 2
 
@@ -89,10 +90,10 @@ def test_stage_writes_metrics_table_and_plot(chain, tmp_path):
         assert rows[kind]["metrics"]["length_exact_accuracy"] == np.mean(n_bars == 4)
         assert rows[kind]["metrics"]["mean_n_bars"] == np.mean(n_bars)
 
-    markdown = (tmp_path / evaluation_report.MARKDOWN).read_text()
+    markdown = (tmp_path / report.MARKDOWN).read_text()
     for row in result["rows"]:
         assert row["name"] in markdown
-    assert markdown.count(evaluation_report.REPORTED_SOURCE) >= 3
+    assert markdown.count(report.REPORTED_SOURCE) >= 3
     assert "| 4.240 | — | — | — | 0.444 | 5% |" in markdown
     assert "| 0.165 | 0% | 95% |" in markdown
     assert "Note statistics" in markdown
@@ -118,7 +119,7 @@ def test_undefined_metrics_are_nan_and_null_not_errors():
         assert math.isnan(metrics[key]), key
     assert metrics["length_bucket_accuracy"] == 0.0 and metrics["memorisation_rate"] == 0.0
     assert evaluate._json_ready({"a": [metrics["srs"], np.float32(1.5)]}) == {"a": [None, 1.5]}
-    assert evaluation_report.format_value(metrics["srs"], ".3f") == "—"
+    assert report.format_value(metrics["srs"], ".3f") == "—"
 
     # One 1-bar song: a Gaussian needs 2 windows, so FID-2 and up stay undefined; FID is not.
     short = evaluate.SongSet("short", "real", [rng.normal(size=(4, 8))], [_song(1)])
@@ -136,8 +137,8 @@ def test_evaluate_config_names_the_ldm_run_and_the_comparison():
     assert (paper.num_songs, paper.sampler, paper.steps) == (100, "ddpm", 1000)
     assert paper.reference_songs == 100
     config_lib.validate(paper)
-    settings = evaluate.sample.settings_from_config(paper)
-    assert evaluate.sample.resolve_length(settings, 128)[0] == 64  # SPEC 7: 64 bars
+    settings = generate.settings_from_config(paper)
+    assert generate.resolve_length(settings, 128)[0] == 64  # SPEC 7: 64 bars
     assert evaluate.comparison_settings(paper, settings) is None
     other = load_config("evaluate", "compare.steps=50,compare.sampler=ddim")
     compared = evaluate.comparison_settings(other, settings)

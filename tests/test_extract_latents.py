@@ -12,8 +12,9 @@ from jax.sharding import AxisType
 
 from data_pipelines import ldm_pipeline, prepare, sources, transforms
 from phrase_jax import config_lib, main
+from phrase_jax.inference import vae_loading
 from phrase_jax.music import layout, sections
-from phrase_jax.stages import extract_latents, train_vae, vae_loading
+from phrase_jax.stages import extract_latents, train_vae
 from phrase_jax.training import checkpointing, sharding, train_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -80,7 +81,7 @@ def test_manifest_and_shards_follow_the_design(latents_dir, data_dir, vae_workdi
     assert manifest["vae_config_hash"] == config_lib.config_hash(
         config_lib.from_json(json.dumps(vae_config))
     )
-    assert manifest["vae_checkpoint"].endswith("checkpoints/3")
+    assert manifest["vae_checkpoint"] == {"step": 3, "kind": "latest"}
     assert (manifest["slots_per_bar"], manifest["max_slots"], manifest["latent_dim"]) == (4, 512, 8)
     assert manifest["data_dir"] == data_dir and manifest["encoder_max_len"] == 32
     assert set(manifest["special_latents"]) == {"inst", "bar", "sep"}

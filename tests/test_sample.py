@@ -3,19 +3,29 @@ in-song slots only, determinism, and the stage end to end (every sampler) on tin
 runlocal-size VAE and LDM checkpoints made directly (training them would take minutes)."""
 
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
+import jax
 import numpy as np
 import pretty_midi
 import pytest
+from flax import nnx
 from stage_fixtures import LDM_RUNS, LDM_STEP, VAE_STEP, build_tiny_runs, load_config
 
 from phrase_jax import config_lib, main
+from phrase_jax.artifacts import vae_run
 from phrase_jax.diffusion import samplers
+from phrase_jax.generation import generate, slot_decoding
+from phrase_jax.inference import ldm_loading
 from phrase_jax.models import decoding
 from phrase_jax.music import vocab
-from phrase_jax.stages import ldm_loading, sample, slot_decoding
-from phrase_jax.training import sharding
+from phrase_jax.stages import sample, train_ldm
+from phrase_jax.training import checkpointing, sharding, train_state
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 STEPS = 2  # sampler steps everywhere: compiled samplers are reused across tests
 
@@ -58,17 +68,17 @@ def test_song_end_is_the_first_slot_near_the_sep_latent():
 
 
 def test_sections_and_bars_resolve_to_one_length():
-    assert sample.parse_sections("i4A8B8o4") == [("i", 4), ("A", 8), ("B", 8), ("o", 4)]
-    assert sample.resolve_length(sample.SampleSettings(sections="i4A8"), 128) == (
+    assert generate.parse_sections("i4A8B8o4") == [("i", 4), ("A", 8), ("B", 8), ("o", 4)]
+    assert generate.resolve_length(generate.SampleSettings(sections="i4A8"), 128) == (
         12, [("i", 4), ("A", 8)])  # fmt: skip
-    assert sample.resolve_length(sample.SampleSettings(), 128)[0] == sample.DEFAULT_BARS
-    assert sample.resolve_length(sample.SampleSettings(bars=12, sections="i4A8"), 128)[0] == 12
+    assert generate.resolve_length(generate.SampleSettings(), 128)[0] == generate.DEFAULT_BARS
+    assert generate.resolve_length(generate.SampleSettings(bars=12, sections="i4A8"), 128)[0] == 12
     with pytest.raises(ValueError, match="sections='i4A'"):
-        sample.parse_sections("i4A")
+        generate.parse_sections("i4A")
     with pytest.raises(ValueError, match="bars=16 but sections"):
-        sample.resolve_length(sample.SampleSettings(bars=16, sections="i4A8"), 128)
+        generate.resolve_length(generate.SampleSettings(bars=16, sections="i4A8"), 128)
     with pytest.raises(ValueError, match="bars=200: must be in 1..128"):
-        sample.resolve_length(sample.SampleSettings(bars=200), 128)
+        generate.resolve_length(generate.SampleSettings(bars=200), 128)
 
 
 def test_assembly_by_position_cuts_at_sep_and_counts_disagreements(pipelines, monkeypatch):
@@ -92,8 +102,8 @@ def test_assembly_by_position_cuts_at_sep_and_counts_disagreements(pipelines, mo
 
     monkeypatch.setattr(decoding, "decode_latents", fake_decode)
     # A section string fixes the length exactly: the stage decodes its 3 bars (end=auto).
-    settings = sample.SampleSettings(num_songs=2, sections="i1A2", steps=STEPS)
-    songs, stats = sample.generate(*pipelines["cond"], settings)
+    settings = generate.SampleSettings(num_songs=2, sections="i1A2", steps=STEPS)
+    songs, stats = generate.generate(*pipelines["cond"], settings)
     assert calls == [24]  # one decode: exactly 2 songs x 3 bars x 4 slots
     first, second = stats["songs"]
     assert first["bars"] == 2 and len(songs[0].song.bars) == 2
@@ -110,16 +120,16 @@ def test_assembly_by_position_cuts_at_sep_and_counts_disagreements(pipelines, mo
 def test_only_slots_inside_songs_are_decoded(pipelines, decode_counter):
     """Exact lengths decode exactly their slots; an unconditional model or a length bucket (which
     does not fix the length) decodes up to the detected `[SEP]`-like slot."""
-    settings = sample.SampleSettings(num_songs=3, sections="i1A2", steps=STEPS, batch_size=2)
-    songs, stats = sample.generate(*pipelines["cond"], settings)
+    settings = generate.SampleSettings(num_songs=3, sections="i1A2", steps=STEPS, batch_size=2)
+    songs, stats = generate.generate(*pipelines["cond"], settings)
     assert decode_counter == [24, 12]  # two batches of songs, 12 slots each, no padding
     assert [s.end_slot for s in songs] == [12, 12, 12] and stats["totals"]["decoded_phrases"] == 36
     assert all(len(s.song.bars) <= 3 for s in songs)
 
     for name, bars in (("uncond", 0), ("cond", 3)):
-        settings = sample.SampleSettings(num_songs=2, bars=bars, steps=STEPS)
+        settings = generate.SampleSettings(num_songs=2, bars=bars, steps=STEPS)
         decode_counter.clear()
-        songs, stats = sample.generate(*pipelines[name], settings)
+        songs, stats = generate.generate(*pipelines[name], settings)
         special = pipelines[name].manifest["special_latents"]
         ends = slot_decoding.song_end_slots(np.stack([s.latents_nd for s in songs]), special)
         assert stats["settings"]["end"] == "detect" and [s.end_slot for s in songs] == ends.tolist()
@@ -130,8 +140,8 @@ def test_only_slots_inside_songs_are_decoded(pipelines, decode_counter):
 
 def test_generation_is_deterministic_for_a_seed(pipelines):
     def run(seed):
-        settings = sample.SampleSettings(num_songs=2, sections="i1A1", steps=STEPS, seed=seed)
-        songs, _ = sample.generate(*pipelines["cond"], settings)
+        settings = generate.SampleSettings(num_songs=2, sections="i1A1", steps=STEPS, seed=seed)
+        songs, _ = generate.generate(*pipelines["cond"], settings)
         return np.stack([s.latents_nd for s in songs]), [s.song for s in songs]
 
     latents, songs = run(1)
@@ -149,9 +159,16 @@ def test_generation_is_deterministic_for_a_seed(pipelines):
 )  # fmt: skip
 def test_stage_writes_midi_png_and_samples_json(runs, tmp_path, run_name, arg):
     config = load_config("sample", f"runlocal,ldm_workdir={runs[run_name]},steps={STEPS},{arg}")
+    # An earlier run with more songs left its files here: they are replaced, never mixed in.
+    for name in ("song_007.mid", "song_007.png", "song_000.wav", "samples.json"):
+        (tmp_path / name).write_text("earlier run")
+    (tmp_path / "notes.txt").write_text("not a song")
     main.run(config, str(tmp_path))
     stats = json.loads((tmp_path / sample.SAMPLES_JSON).read_text())
     assert len(stats["songs"]) == config.num_songs
+    listed = {name for summary in stats["songs"] for name in summary["files"].values()}
+    assert {p.name for p in tmp_path.glob("song_*")} == listed
+    assert (tmp_path / "notes.txt").exists()
     for summary in stats["songs"]:
         midi = pretty_midi.PrettyMIDI(str(tmp_path / summary["files"]["midi"]))
         assert midi.get_tempo_changes()[1] == pytest.approx([90.0], rel=1e-4)
@@ -191,6 +208,7 @@ def test_mismatched_runs_fail_with_clear_errors(runs, tmp_path):
     with pytest.raises(ValueError, match="sampler='euler'"):
         config = load_config("sample", f"runlocal,ldm_workdir={runs['uncond']},sampler=euler")
         main.run(config, str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "config.json").exists()  # refused before writing it
 
 
 def test_sample_config_names_the_ldm_run():
@@ -203,3 +221,35 @@ def test_sample_config_names_the_ldm_run():
     config_lib.validate(paper)
     with pytest.raises(ValueError, match="at most one"):
         load_config("sample", "lencond,seccond")
+
+
+def test_inference_loaders_read_the_weights_only(runs, monkeypatch):
+    mesh = sharding.make_mesh({"shape": (-1, 1)})
+    config = config_lib.from_json(pathlib.Path(runs["cond"], "config.json").read_text())
+    spec, _, _ = train_ldm.build_state_spec(config, mesh)
+    full = checkpointing.Checkpointer(runs["cond"], async_save=False).restore(LDM_STEP, spec)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("an inference loader built an optimizer or read the train state")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(nnx, "Optimizer", forbidden)
+        patch.setattr(checkpointing.Checkpointer, "restore", forbidden)
+        pipeline = ldm_loading.load_pipeline(runs["cond"], mesh)
+    assert pipeline.ldm.used_ema and not pipeline.vae.used_ema  # the runlocal VAE keeps no EMA
+    assert pipeline.vae.checkpoint == vae_run.CheckpointRef(VAE_STEP, "latest")
+    # The EMA weights, exactly those of the full train state.
+    same = lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # noqa: E731
+    ema_params = nnx.state(train_state.unpack(spec, full.state).ema, nnx.Param)
+    jax.tree.map(same, nnx.state(pipeline.ldm.model, nnx.Param), ema_params)
+
+
+def test_inference_imports_no_stage_or_entry_point():
+    code = (
+        "import sys; import phrase_jax.inference.ldm_loading, phrase_jax.generation.generate, "
+        "phrase_jax.evaluation.report, phrase_jax.artifacts.samples; "
+        "bad = [m for m in sys.modules if m.startswith(('phrase_jax.stages', 'phrase_jax.main'))]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO,
+                   env={**os.environ, "JAX_PLATFORMS": "cpu"})  # fmt: skip

@@ -69,7 +69,7 @@ def test_params_and_optimizer_state_are_created_sharded(shape, preset, expected)
     assert model.norm[...].sharding.is_fully_replicated
     # Every leaf lives where the spec says, on all devices of the mesh.
     for array, want in zip(
-        jax.tree.leaves(nnx.state((model, optimizer, ema))),
+        jax.tree.leaves(nnx.state(train_state.TrainModules(model, optimizer, ema))),
         jax.tree.leaves(spec.shardings),
         strict=True,
     ):

@@ -193,8 +193,10 @@ def test_resume_refuses_other_latents_or_model(chain, tmp_path):
     shutil.copytree(chain["latents"], other_latents)
     manifest = json.loads(manifest_path.read_text())
     (other_latents / "manifest.json").write_text(json.dumps(dict(manifest, scale=2.0)))
+    saved_config = (workdir / "config.json").read_bytes()
     with pytest.raises(ValueError, match="trained on other latents"):
         main.run(ldm_config(other_latents, "total_steps=6"), str(workdir))
+    assert (workdir / "config.json").read_bytes() == saved_config  # a refused run writes none
     with pytest.raises(ValueError, match="model.latent_dim=64 but the latents"):
         main.run(ldm_config(chain["latents"], "model.latent_dim=64"), str(tmp_path / "new"))
 

@@ -1,11 +1,16 @@
-"""The shared training loop alone (phrase_jax/training/loop.py): a fake step, no model."""
+"""The trainers' loop helpers alone (phrase_jax/training/loop.py): a fake step, no model.
 
-import itertools
+`train` below is the loop every trainer writes out (train_vae.py, train_ldm.py), here around a
+step that counts, so the cadence, the logs, the NaN guard and Ctrl-C can be checked exactly.
+"""
+
 import math
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from phrase_jax import errors
 from phrase_jax.training import loop, metrics, sharding
 
 
@@ -19,13 +24,38 @@ class FakeCheckpointer:
         return self.latest
 
     def save(self, step, state, *, data_iterator, json_items):
-        self.saved.append((step, state, data_iterator, json_items))
+        position = None if data_iterator is None else data_iterator.get_state()["position"]
+        self.saved.append((step, state, position, json_items))
+        self.latest = step
+
+    def wait(self):
+        pass
 
 
-def fake_step(bad_step=None):
-    """state: the step count; loss = the step (NaN at `bad_step`), 8 tokens per step."""
+class CountingIterator:
+    """Endless batches of 8 rows; its state is how many it handed out."""
+
+    def __init__(self):
+        self.position = 0
+
+    def __next__(self):
+        self.position += 1
+        return {"x": np.zeros((8, 2), np.float32)}
+
+    def get_state(self):
+        return {"position": self.position}
+
+    def set_state(self, state):
+        self.position = state["position"]
+
+
+def fake_step(bad_step=None, interrupt_at=None):
+    """state: the step count; loss = the step (NaN at `bad_step`), 8 tokens per step; Ctrl-C
+    arrives when step `interrupt_at` is asked for."""
 
     def step_fn(state, batch, rng):
+        if state + 1 == interrupt_at:
+            raise KeyboardInterrupt
         state += 1
         loss = math.nan if state == bad_step else float(state)
         return state, {"loss": np.float32(loss), "n_tokens": np.float32(batch["x"].shape[0]),
@@ -34,26 +64,36 @@ def fake_step(bad_step=None):
     return step_fn
 
 
-def token_rates(counts, elapsed):
-    return {"tokens_per_s": counts["n_tokens"] / elapsed}, {"tokens": counts["n_tokens"]}
-
-
-def train(tmp_path, *, start=0, total=10, checkpointer=None, bad_step=None, **kwargs):
+def train(tmp_path, *, start=0, total=10, checkpointer=None, bad_step=None, interrupt_at=None,
+          log_every=3, checkpoint_every=4, eval_every=5, summed=(), rates=None):  # fmt: skip
     checkpointer = checkpointer or FakeCheckpointer()
-    evals = []
-
-    def evaluate(step, state, last_checkpoint):
-        evals.append((step, state, last_checkpoint))
-        return {"loss": float(step)}
-
-    batches = itertools.repeat({"x": np.zeros((8, 2), np.float32)})
-    kwargs = {"log_every": 3, "checkpoint_every": 4, "eval_every": 5} | kwargs
-    results = loop.run_train_loop(
-        start, start, train_step=fake_step(bad_step), train_iter=batches,
-        mesh=sharding.make_mesh({"shape": (-1, 1)}), rng=None, total_steps=total,
-        checkpointer=checkpointer, json_items={"config": {}}, writer=metrics.MetricWriter(tmp_path),
-        evaluate=evaluate, progress_keys=("loss",), **kwargs,
-    )  # fmt: skip
+    evals, results = [], None
+    train_step = fake_step(bad_step, interrupt_at)
+    batches = loop.Batches(CountingIterator(), sharding.make_mesh({"shape": (-1, 1)}))
+    writer = metrics.MetricWriter(tmp_path)
+    cadence = loop.Cadence(total, log_every, checkpoint_every, eval_every)
+    train_log = loop.TrainLog(writer, total, start, progress_keys=("loss",), summed=summed,
+                              rates=rates)  # fmt: skip
+    state, step, last_checkpoint = start, start, checkpointer.latest_step()
+    try:
+        while step < total:
+            state, step_metrics = train_step(state, batches.next(step), None)
+            step += 1
+            train_log.add(step, step_metrics)
+            if cadence.log(step) or cadence.checkpoint(step):
+                means = train_log.means(last_checkpoint)
+            if cadence.log(step):
+                train_log.write(step, means)
+            if cadence.checkpoint(step):
+                checkpointer.save(step, state, data_iterator=batches.iterator, json_items={})
+                last_checkpoint = step
+            if cadence.eval(step):
+                evals.append((step, state, last_checkpoint))
+                results = {"loss": float(step)}
+            if cadence.log(step) or cadence.eval(step):
+                train_log.restart_clock(step)
+    except KeyboardInterrupt:
+        loop.save_and_raise_interrupted(checkpointer, step, state, train_log, batches)
     return results, checkpointer, evals
 
 
@@ -63,7 +103,7 @@ def train_rows(tmp_path):
 
 
 def test_cadence_and_the_last_step_always_logs_checkpoints_and_evaluates(tmp_path):
-    results, checkpointer, evals = train(tmp_path, summed=("n_tokens",), rates=token_rates)
+    results, checkpointer, evals = train(tmp_path, summed=("n_tokens",), rates=loop.token_rates)
     rows = train_rows(tmp_path)
     assert [r["step"] for r in rows] == [3, 6, 9, 10]
     assert [s for s, *_ in checkpointer.saved] == [4, 8, 10]
@@ -96,3 +136,45 @@ def test_a_non_finite_metric_raises_before_the_checkpoint(tmp_path):
 def test_summed_counters_need_a_rates_function(tmp_path):
     with pytest.raises(ValueError, match="need a `rates` function"):
         train(tmp_path, summed=("n_tokens",))
+
+
+def test_ctrl_c_saves_the_last_finished_step_and_raises_interrupted(tmp_path):
+    checkpointer = FakeCheckpointer()
+    with pytest.raises(errors.Interrupted, match="interrupted at step 6; run the same command"):
+        train(tmp_path, checkpointer=checkpointer, interrupt_at=7)
+    # Step 6's state, with the data position after batch 6: batch 7 was drawn for a step that
+    # never ran, so the resumed run trains on it.
+    assert [(s, state, position) for s, state, position, _ in checkpointer.saved] == [
+        (4, 4, 4), (6, 6, 6)]  # fmt: skip
+    # Ctrl-C right after a checkpoint saves nothing new.
+    checkpointer = FakeCheckpointer()
+    with pytest.raises(errors.Interrupted) as stopped:
+        train(tmp_path, checkpointer=checkpointer, interrupt_at=5)
+    assert stopped.value.step == 4 and [s for s, *_ in checkpointer.saved] == [4]
+
+
+def test_ctrl_c_never_saves_a_non_finite_or_donated_state(tmp_path):
+    checkpointer = FakeCheckpointer()
+    with pytest.raises(errors.Interrupted) as stopped:
+        train(tmp_path, checkpointer=checkpointer, bad_step=6, interrupt_at=7, log_every=100)
+    assert stopped.value.step == 4 and [s for s, *_ in checkpointer.saved] == [4]
+    donated = jnp.zeros(3)
+    donated.delete()  # what jit's donation leaves when Ctrl-C arrives inside the step
+    log = loop.TrainLog(metrics.MetricWriter(tmp_path), 10, 0, progress_keys=())
+    checkpointer = FakeCheckpointer(latest=2)
+    with pytest.raises(errors.Interrupted) as stopped:
+        loop.save_and_raise_interrupted(checkpointer, 3, {"w": donated}, log)
+    assert stopped.value.step == 2 and checkpointer.saved == []
+
+
+def test_metrics_rows_past_the_resume_step_are_dropped(tmp_path):
+    writer = metrics.MetricWriter(tmp_path)
+    for step in (1, 2, 3, 4):
+        writer.write(step, {"loss": float(step)})
+    writer.write(4, {"loss": 0.5}, split="valid")
+    assert writer.drop_after(2) == 3
+    assert [(r["step"], r["split"]) for r in metrics.read_jsonl(writer.path)] == [
+        (1, "train"),
+        (2, "train"),
+    ]
+    assert writer.drop_after(2) == 0 and not list(tmp_path.glob("*.tmp*"))

@@ -12,9 +12,10 @@ from flax import nnx
 from jax.sharding import AxisType
 
 from data_pipelines import prepare
-from phrase_jax import config_lib, main
+from phrase_jax import config_lib, errors, main
+from phrase_jax.evaluation import vae_validation
 from phrase_jax.models import vae
-from phrase_jax.stages import train_vae, vae_eval
+from phrase_jax.stages import train_vae
 from phrase_jax.training import checkpointing, metrics, sharding, train_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -127,16 +128,44 @@ def test_warm_start_copies_matching_params_and_names_the_new_ones(chain, data_di
         train_vae.warm_start(missing, spec, state, mesh)
 
 
-def test_kill_and_resume_matches_the_uninterrupted_run(chain, data_dir, tmp_path):
-    # The stage-2 run checkpointed at steps 2 and 4; drop step 4 as if killed after step 2.
+def test_kill_and_resume_matches_the_uninterrupted_run(chain, data_dir, tmp_path, monkeypatch):
+    # The stage-2 run checkpointed at steps 2 and 4; drop step 4 as if killed after step 2
+    # (metrics.jsonl keeps the step-4 rows that run logged: the resume must not repeat them).
     workdir = tmp_path / "vae_ae"
     shutil.copytree(chain["vae_ae"], workdir)
-    for stale in ("checkpoints/4", "best", "metrics.jsonl"):
-        shutil.rmtree(workdir / stale) if (workdir / stale).is_dir() else (workdir / stale).unlink()
+    for stale in ("checkpoints/4", "best"):
+        shutil.rmtree(workdir / stale)
+    # Another model's config is refused before it replaces the run's config.json.
+    saved_config = (workdir / "config.json").read_bytes()
+    wrong = load_config("vae_ae", f"runlocal,data.dir={data_dir},model.d_model=48")
+    with pytest.raises(errors.UserError, match="another model config .d_model differ"):
+        main.run(wrong, str(workdir))
+    assert (workdir / "config.json").read_bytes() == saved_config
+    # Ctrl-C before step 4: step 3 is saved (state and data position) and the run says so.
+    real_make_train_step = train_state.make_train_step
+
+    def interrupted_before_step_4(*args, **kwargs):
+        train_step = real_make_train_step(*args, **kwargs)
+
+        def step(state, batch, rng):
+            if train_state.step_of(state) == 3:
+                raise KeyboardInterrupt
+            return train_step(state, batch, rng)
+
+        return step
+
     # init_from is ignored on resume: a bogus path proves the run never reads it.
     config = load_config("vae_ae", f"runlocal,data.dir={data_dir},init_from={tmp_path}/nothing")
+    with monkeypatch.context() as patch:
+        patch.setattr(train_state, "make_train_step", interrupted_before_step_4)
+        with pytest.raises(errors.Interrupted, match="interrupted at step 3; run the same"):
+            main.run(config, str(workdir))
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [2, 3]
     main.run(config, str(workdir))
-    assert [r["step"] for r in metrics.read_jsonl(workdir / "metrics.jsonl")] == [4, 4]
+    rows = [(r["step"], r["split"]) for r in metrics.read_jsonl(workdir / "metrics.jsonl")]
+    straight = metrics.read_jsonl(chain["vae_ae"] / "metrics.jsonl")
+    assert rows == [(r["step"], r["split"]) for r in straight]  # each step once
+    assert [step for step, _ in rows if step > 2] == [4, 4]
     resumed, resumed_step = restore_params(config, workdir, 4)
     uninterrupted, _ = restore_params(config, chain["vae_ae"], 4)
     assert resumed_step == 4
@@ -173,7 +202,8 @@ def _mesh(shape):
 
 def test_vae_loss_and_gradients_match_across_meshes(data_dir):
     config = load_config("vae", f"runlocal,data.dir={data_dir}")
-    local = next(vae_eval.make_loader(config, "train", batch_size=8, shuffle=True, num_epochs=1))
+    loader = vae_validation.make_loader(config, "train", batch_size=8, shuffle=True, num_epochs=1)
+    local = next(loader)
     loss_fn = train_vae.make_loss_fn(config.kl_weight)
     with nnx.use_eager_sharding(False):  # one set of weights, placed on every mesh below
         graphdef, weights = nnx.split(vae.PhraseVAE(config.model, rngs=nnx.Rngs(0)))

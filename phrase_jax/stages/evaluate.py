@@ -10,10 +10,10 @@ from the latents dir (ref protocol) → the training melodies (the prepared data
 names) → one `SongSet` per row, each measured by `evaluate_set`:
   real        held-out songs (`real_splits`): their latents from the latents dir, their songs
               assembled from the prepared slots; MR = held-out melodies vs training melodies
-  generated   `sample.generate` with the config's sampling settings
+  generated   `generation.generate` with the config's sampling settings
   comparison  (when `compare.*` is set) a second LDM workdir and/or another sampler
 → metrics.json, metrics.md (Ou & Wang's Table 5 numbers as labelled rows) and
-self_similarity.png (`evaluation_report`).
+self_similarity.png (`evaluation/report.py`).
 
 A generated song counts as many bars as its assembled song has (the output a listener gets: cut
 where the decoded `[SEP]` is, or at the requested length); its latents are its first
@@ -35,15 +35,15 @@ from absl import logging
 
 from data_pipelines import ldm_pipeline, sources
 from phrase_jax import config_lib
-from phrase_jax.evaluation import fid, generation, memorisation, note_stats, structure
+from phrase_jax.artifacts import latents, ldm_run, run_dir
+from phrase_jax.evaluation import fid, generation, memorisation, note_stats, report, structure
+from phrase_jax.generation import generate
+from phrase_jax.inference import ldm_loading
 from phrase_jax.music import layout
 from phrase_jax.music.events import Song
-from phrase_jax.stages import evaluation_report, ldm_loading, sample
 from phrase_jax.training import sharding
 
 METRICS_JSON = "metrics.json"
-# The comparison LDM must decode with the same VAE, or its latents live in another space.
-SAME_SPACE_KEYS = ("vae_step", "vae_config_hash", "latent_dim", "slots_per_bar")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +163,7 @@ def real_set(
         assembled = _assembled_songs(data_dir, split, slots_per_bar)
         missing = [n for n in latent_split.names if n not in assembled]
         if missing:
-            raise ValueError(
+            raise run_dir.WrongArtifact(
                 f"{data_dir}: {split} song {missing[0]} of {latents_dir} is not in the prepared "
                 "data; pass the data dir the latents were extracted from (data_dir=...)"
             )
@@ -171,15 +171,17 @@ def real_set(
         latents += trimmed_latents(latent_split, rows, slots_per_bar)
         songs += [assembled[n] for n in latent_split.names]
     if not songs:
-        raise ValueError(f"{latents_dir}: splits {list(splits)} hold no songs; set real_splits")
+        raise run_dir.WrongArtifact(
+            f"{latents_dir}: splits {list(splits)} hold no songs; set real_splits"
+        )
     label = "+".join(splits)
     return SongSet(f"real held-out ({label})", "real", latents, songs, info={"splits": label})
 
 
 def generated_set(
-    name: str, kind: str, generated: list[sample.GeneratedSong], stats: dict, slots_per_bar: int
+    name: str, kind: str, generated: list[generate.GeneratedSong], stats: dict, slots_per_bar: int
 ) -> SongSet:
-    """A row from `sample.generate` output: each song's first slots_per_bar * bars latents."""
+    """A row from `generation.generate` output: each song's first slots_per_bar * bars latents."""
     latents = [g.latents_nd[: slots_per_bar * len(g.song.bars)] for g in generated]
     used = stats["settings"]
     info = {k: used[k] for k in ("sampler", "steps", "guidance_scale", "bars", "end", "clip")}
@@ -189,9 +191,9 @@ def generated_set(
     return SongSet(name, kind, latents, [g.song for g in generated], used["bars"], info)
 
 
-def _generate_row(pipeline, settings: sample.SampleSettings, kind: str, label: str):
+def _generate_row(pipeline, settings: generate.SampleSettings, kind: str, label: str):
     started = time.monotonic()
-    generated, stats = sample.generate(*pipeline, settings)
+    generated, stats = generate.generate(*pipeline, settings)
     ldm = pipeline.ldm
     name = label or (
         f"{os.path.basename(ldm.workdir)} (step {ldm.step}), {stats['settings']['sampler']} "
@@ -203,7 +205,9 @@ def _generate_row(pipeline, settings: sample.SampleSettings, kind: str, label: s
     return song_set
 
 
-def comparison_settings(config, settings: sample.SampleSettings) -> sample.SampleSettings | None:
+def comparison_settings(
+    config, settings: generate.SampleSettings
+) -> generate.SampleSettings | None:
     """The comparison row's sampling settings, or None when `compare.*` asks for none."""
     compare = config.compare
     if not (compare.ldm_workdir or compare.sampler or compare.steps or compare.guidance_scale >= 0):
@@ -225,13 +229,11 @@ def _comparison_pipeline(config, mesh, primary: ldm_loading.SamplingPipeline):
         config.compare.ldm_workdir, mesh, ldm_step=config.compare.ldm_step or None,
         use_ema=config.use_ema, vae_workdir=config.vae_workdir,
     )  # fmt: skip
-    for key in SAME_SPACE_KEYS:
-        if pipeline.manifest.get(key) != primary.manifest.get(key):
-            raise ValueError(
-                f"config compare.ldm_workdir={config.compare.ldm_workdir}: its latents have "
-                f"{key}={pipeline.manifest.get(key)!r}, the evaluated LDM's "
-                f"{primary.manifest.get(key)!r}; compare LDMs trained on the same VAE"
-            )
+    # The comparison LDM must decode with the same VAE, or its latents live in another space.
+    latents.check_same_space(
+        primary.manifest, pipeline.manifest,
+        what=f"config compare.ldm_workdir={config.compare.ldm_workdir}",
+    )  # fmt: skip
     return pipeline
 
 
@@ -251,15 +253,15 @@ def _json_ready(value):
 def validate_config(config) -> None:
     """This stage's own keys and the LDM runs, before anything is loaded (main calls it before
     the workdir is touched, `run` again at its top)."""
-    settings = sample.settings_from_config(config)
-    sample.check_settings(settings)
+    settings = generate.settings_from_config(config)
+    generate.check_settings(settings)
     compared = comparison_settings(config, settings)
     if compared is not None:
-        sample.check_settings(compared)
+        generate.check_settings(compared)
     config_lib.require(config, "reference_songs", lambda v: v >= 1, "must be >= 1")
-    sample.require_ldm_run(config)
+    ldm_run.require(config)
     if config.compare.ldm_workdir:
-        sample.require_ldm_run(config, "compare.ldm_workdir")
+        ldm_run.require(config, "compare.ldm_workdir")
 
 
 def run(config, workdir: str) -> dict:
@@ -268,12 +270,14 @@ def run(config, workdir: str) -> dict:
     started = time.monotonic()
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
+    settings = generate.settings_from_config(config)
     mesh = sharding.make_mesh(config.mesh)
     pipeline = ldm_loading.load_pipeline(
         config.ldm_workdir, mesh, ldm_step=config.ldm_step or None, use_ema=config.use_ema,
         latents_dir=config.latents_dir, vae_workdir=config.vae_workdir,
     )  # fmt: skip
     manifest = pipeline.manifest
+    run_dir.write_config(config, workdir)  # after the runs it reads were found and checked
     latents_dir = os.path.abspath(config.latents_dir or pipeline.ldm.config.latents.dir)
     data_dir = os.path.abspath(config.data_dir or manifest["data_dir"])
     metric_settings = MetricSettings(
@@ -297,7 +301,6 @@ def run(config, workdir: str) -> dict:
     sets = [real_set(latents_dir, manifest, data_dir, config.real_splits, spb)]
     timings["real_data_s"] = time.monotonic() - tick
 
-    settings = sample.settings_from_config(config)
     sets.append(_generate_row(pipeline, settings, "generated", config.label))
     compare_settings = comparison_settings(config, settings)
     if compare_settings is not None:
@@ -316,7 +319,7 @@ def run(config, workdir: str) -> dict:
     timings["metrics_s"] = time.monotonic() - tick
     result = {
         "rows": rows,
-        "reported": evaluation_report.reported_rows(),
+        "reported": report.reported_rows(),
         "reference": {
             "songs": len(reference),
             "slots": int(sum(map(len, reference))),
@@ -339,10 +342,10 @@ def run(config, workdir: str) -> dict:
     }
     if jax.process_index() == 0:
         tick = time.monotonic()
-        result["plot"] = evaluation_report.write_self_similarity_plot(
+        result["plot"] = report.write_self_similarity_plot(
             sets, workdir, metric_settings, config.plot_songs
         )
-        evaluation_report.write_markdown(result, workdir)
+        report.write_markdown(result, workdir)
         timings["report_s"] = time.monotonic() - tick
     timings["total_s"] = time.monotonic() - started
     result["timings"] = {k: round(v, 3) for k, v in timings.items()}

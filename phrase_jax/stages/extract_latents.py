@@ -9,17 +9,14 @@ batches sharded over the mesh's `data` axis → each song as [max_slots, latent_
 its end hold the `[SEP]` latent) → scale and clip from the train split → npz shards, then
 manifest.json, each written to a temporary name and renamed.
 
-The workdir is the latents dir of docs/design.md ("Stage artifacts"):
-  latents-{split}-{i:05d}-of-{n:05d}.npz  latents float32 [S, max_slots, D] (unscaled means),
-                                          n_bars int32 [S], names [S]
-  manifest.json                           provenance, scale, clip, special latents, songs
+The workdir is the latents dir of docs/design.md ("Stage artifacts"; its schema, manifest.json
+included, is `phrase_jax/artifacts/latents.py`).
 Identical phrases get identical latents because each distinct phrase is encoded once; this also
 makes the padding exactly the `[SEP]` latent.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -31,27 +28,14 @@ from jax.experimental import multihost_utils
 
 from data_pipelines import sources, transforms
 from phrase_jax import config_lib
+from phrase_jax.artifacts import latents as latents_artifact
+from phrase_jax.artifacts import run_dir, vae_run
+from phrase_jax.inference import vae_loading
 from phrase_jax.music import layout
-from phrase_jax.stages import vae_loading
 from phrase_jax.training import sharding
 
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
-# Keys of manifest.json that must match for a re-run to reuse the extraction.
-PROVENANCE_KEYS = (
-    "vae_workdir",
-    "vae_step",
-    "vae_config_hash",
-    "data_dir",
-    "max_slots",
-    "encoder_max_len",
-    "split_names",
-    "format",
-)
-
-
-def shard_name(split: str, index: int, count: int) -> str:
-    return f"latents-{split}-{index:05d}-of-{count:05d}.npz"
+MANIFEST = latents_artifact.MANIFEST
+shard_name = latents_artifact.shard_name
 
 
 def _write_atomic(path: str, write) -> None:
@@ -137,31 +121,21 @@ def scale_and_clip(
 
 
 def _provenance(
-    config, data_dir: str, vae_workdir: str, vae_step: int, vae_hash: str, max_len: int
-) -> dict:
+    config, data_dir: str, vae_workdir: str, vae: vae_run.CheckpointRef, vae_hash: str,
+    max_len: int,
+) -> dict:  # fmt: skip
+    """The manifest's `reuse` fields (artifacts/latents.py): the inputs of the extraction."""
     return {
-        "format": FORMAT_VERSION,
+        "format": latents_artifact.FORMAT_VERSION,
         "vae_workdir": vae_workdir,
-        "vae_step": vae_step,
+        "vae_step": vae.step,
         "vae_config_hash": vae_hash,
+        "vae_checkpoint": vae.to_json(),
         "data_dir": data_dir,
         "max_slots": int(config.max_slots),
         "encoder_max_len": max_len,
         "split_names": list(config.splits),
     }
-
-
-def existing_manifest(workdir: str, provenance: dict) -> dict | None:
-    """The workdir's manifest when it has the same provenance and all its shards exist."""
-    path = os.path.join(workdir, MANIFEST)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        manifest = json.load(f)
-    if any(manifest.get(k) != provenance[k] for k in PROVENANCE_KEYS):
-        return None
-    files = [name for names in manifest.get("shards", {}).values() for name in names]
-    return manifest if all(os.path.exists(os.path.join(workdir, n)) for n in files) else None
 
 
 def _collect_songs(data_dir: str, splits, slots_per_bar: int, max_slots: int):
@@ -172,7 +146,7 @@ def _collect_songs(data_dir: str, splits, slots_per_bar: int, max_slots: int):
         for song in sources.read_songs(data_dir, split):
             n_slots = slots_per_bar * song["n_bars"]
             if len(song["slots"]) != n_slots:
-                raise ValueError(
+                raise run_dir.WrongArtifact(
                     f"{data_dir}: song {song['name']} has {len(song['slots'])} slots for "
                     f"{song['n_bars']} bars x {slots_per_bar}; re-run prepare"
                 )
@@ -188,7 +162,9 @@ def _collect_songs(data_dir: str, splits, slots_per_bar: int, max_slots: int):
             kept.append(song)
         by_split[split] = kept
     if not by_split.get("train"):
-        raise ValueError(f"{data_dir}: no train songs to extract; the scale needs the train split")
+        raise run_dir.WrongArtifact(
+            f"{data_dir}: no train songs to extract; the scale needs the train split"
+        )
     return by_split, skipped
 
 
@@ -224,13 +200,15 @@ def run(config, workdir: str) -> dict:
     data_manifest = sources.read_manifest(data_dir)
     slots_per_bar = int(data_manifest["settings"]["slots_per_bar"])
     vae_workdir = os.path.abspath(config.vae_workdir)
-    vae_config = vae_loading.read_vae_config(vae_workdir)
-    vae_step = vae_loading.latest_vae_step(vae_workdir, config.vae_checkpoint)
+    vae_config = vae_run.read_vae_config(vae_workdir)
+    vae_ref = vae_run.find_checkpoint(vae_workdir, config.vae_checkpoint)
+    vae_step = vae_ref.step
     max_len = int(config.data.max_len or vae_config.data.max_len)
     provenance = _provenance(
-        config, data_dir, vae_workdir, vae_step, config_lib.config_hash(vae_config), max_len
+        config, data_dir, vae_workdir, vae_ref, config_lib.config_hash(vae_config), max_len
     )
-    previous = existing_manifest(workdir, provenance)
+    run_dir.write_config(config, workdir)
+    previous = latents_artifact.existing(workdir, provenance)
     if previous is not None:
         logging.info(
             "%s: latents up to date (VAE step %d, hash %s); skipping",
@@ -281,7 +259,6 @@ def run(config, workdir: str) -> dict:
 
     manifest = dict(
         provenance,
-        vae_checkpoint=loaded.checkpoint_dir,
         slots_per_bar=slots_per_bar,
         latent_dim=int(means.shape[1]),
         scale=scale,
@@ -300,11 +277,7 @@ def run(config, workdir: str) -> dict:
     if jax.process_index() == 0:
         _write_shards(workdir, config.songs_per_shard, by_split, latents, n_bars, manifest)
     manifest["seconds"] = round(time.monotonic() - started, 2)
-    if jax.process_index() == 0:
-        _write_atomic(
-            os.path.join(workdir, MANIFEST),
-            lambda f: f.write(json.dumps(manifest, indent=1).encode()),
-        )
+    latents_artifact.write(workdir, manifest)
     logging.info(
         "latents: %s; scale %.4f, clip %.3f, %.1f s",
         manifest["splits"],

@@ -10,10 +10,10 @@ checkpoint (state and Grain iterator), else start fresh → train loop: the diff
 (`diffusion/losses.py`, epsilon or v target; the model drops each condition with p =
 `model.condition_dropout` for classifier-free guidance), JSONL metrics, a progress line, a
 NaN/inf guard, checkpoints, and a periodic loss on `eval.split` (fixed batches, t and noise, so
-evals of a run compare; the EMA weights are scored too, as `ema_*`).
+evals of a run compare; the EMA weights are scored too, as `ema_*`); Ctrl-C saves and raises
+`errors.Interrupted`. config.json is written once the resume checks passed.
 
-Workdir layout: config.json, section_vocab.json, metrics.jsonl, checkpoints/<step>/ (model,
-optimizer, EMA, iterator; `extra` holds the latents' provenance and the section vocabulary).
+Workdir layout: phrase_jax/artifacts/ldm_run.py (the latents it reads: artifacts/latents.py).
 """
 
 from __future__ import annotations
@@ -26,21 +26,13 @@ from flax import nnx
 
 from data_pipelines import ldm_pipeline
 from phrase_jax import config_lib
+from phrase_jax.artifacts import latents, ldm_run, run_dir
 from phrase_jax.diffusion import losses, schedules
 from phrase_jax.models import dit
 from phrase_jax.music import sections
 from phrase_jax.training import checkpointing, loop, metrics, optim, sharding, train_state
 
-SECTION_VOCAB = "section_vocab.json"
-# Manifest fields a resumed run must still see: other values mean other training data.
-LATENT_PROVENANCE = (
-    "vae_workdir",
-    "vae_step",
-    "vae_config_hash",
-    "scale",
-    "max_slots",
-    "latent_dim",
-)
+SECTION_VOCAB = ldm_run.SECTION_VOCAB
 
 
 class _Deterministic:
@@ -89,7 +81,7 @@ def check_latents(config, manifest: dict) -> None:
     """The model must fit the extracted latents: same slot count and latent width."""
     for key, model_key in (("max_slots", "n_slots"), ("latent_dim", "latent_dim")):
         if manifest[key] != config.model[model_key]:
-            raise ValueError(
+            raise run_dir.WrongArtifact(
                 f"config model.{model_key}={config.model[model_key]} but the latents in "
                 f"{config.latents.dir} have {key} {manifest[key]}; set model.{model_key}="
                 f"{manifest[key]}"
@@ -102,20 +94,11 @@ def section_vocabulary(config, manifest: dict, workdir: str) -> sections.Section
     train_sections = [s["sections"] or [] for s in manifest["songs"] if s["split"] == "train"]
     vocab = sections.SectionVocab.build(train_sections)
     if len(vocab) > config.model.section_vocab_size:
-        raise ValueError(
+        raise run_dir.WrongArtifact(
             f"{len(vocab)} section types exceed config model.section_vocab_size="
             f"{config.model.section_vocab_size}; raise it"
         )
-    path = os.path.join(workdir, SECTION_VOCAB)
-    if os.path.exists(path):
-        saved = sections.SectionVocab.load(path)
-        if saved.types != vocab.types:
-            raise ValueError(
-                f"{path}: differs from the vocabulary of {config.latents.dir}'s train songs; "
-                "the latents changed since this run started: use a fresh workdir"
-            )
-    elif jax.process_index() == 0:
-        vocab.save(path)
+    ldm_run.save_or_check_section_vocab(vocab, workdir, source=config.latents.dir)
     return vocab
 
 
@@ -159,37 +142,6 @@ def evaluate(config, spec, state, eval_steps: dict, vocab) -> dict[str, float]:
     return {key: value / config.eval.batches for key, value in sums.items()}
 
 
-def _check_resumable(restored_json: dict, config, provenance: dict, workdir: str) -> None:
-    saved_model = restored_json.get("config", {}).get("model")
-    if saved_model is not None and config_lists(saved_model) != config_lists(config.model):
-        raise ValueError(
-            f"{workdir}: its checkpoints were trained with another model config; use a fresh "
-            "workdir or the run's own config"
-        )
-    saved = restored_json.get("extra", {}).get("latents")
-    if saved is not None and saved != provenance:
-        raise ValueError(
-            f"{workdir}: its checkpoints were trained on other latents ({saved}); use a fresh "
-            "workdir or the original latents dir"
-        )
-
-
-# Model config keys that change how it runs, not its weights: a run may resume with others.
-RUNTIME_MODEL_KEYS = ("remat",)
-
-
-def config_lists(mapping) -> dict:
-    """A config mapping as plain JSON-comparable values (tuples as lists), without the
-    runtime-only keys."""
-    to_dict = getattr(mapping, "to_dict", None)
-    values = to_dict() if to_dict else dict(mapping)
-    return {
-        k: list(v) if isinstance(v, tuple) else v
-        for k, v in values.items()
-        if k not in RUNTIME_MODEL_KEYS
-    }
-
-
 def validate_config(config) -> None:
     """This stage's own keys and its latents, before anything is loaded (main calls it before
     the workdir is touched, `run` again at its top)."""
@@ -208,81 +160,84 @@ def run(config, workdir: str) -> dict[str, float] | None:
     validate_config(config)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    manifest = ldm_pipeline.read_manifest(config.latents.dir)
+    manifest = latents.read(config.latents.dir)
     check_latents(config, manifest)
-    provenance = {key: manifest[key] for key in LATENT_PROVENANCE}
-    vocab = section_vocabulary(config, manifest, workdir)
+    provenance = latents.training_data(manifest)
 
+    # Build the state's shapes and shardings, then resume or initialise it.
     mesh = sharding.make_mesh(config.mesh)
     spec, create, schedule = build_state_spec(config, mesh)
     n_params = dit.count_parameters(dit.PhraseLDMConfig.from_mapping(config.model))["total"]
-    logging.info(
-        "PhraseLDM conditions %s: %d parameters, mesh %s, latents scale %.4f",
-        tuple(config.model.conditions),
-        n_params,
-        dict(mesh.shape),
-        manifest["scale"],
-    )
-
+    logging.info("PhraseLDM conditions %s: %d parameters, mesh %s, latents scale %.4f",
+                 tuple(config.model.conditions), n_params, dict(mesh.shape),
+                 manifest["scale"])  # fmt: skip
+    checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep)
+    step = checkpointer.latest_step()
+    if step is not None:  # the checkpoint must be this model's, trained on these latents
+        saved = checkpointer.read_json_items(step)
+        ldm_run.check_same_model(saved, config, workdir)
+        latents.check_training_data(
+            ldm_run.recorded_latents(saved), manifest, latents_dir=config.latents.dir,
+            run=workdir, fix="use a fresh workdir or the original latents dir",
+        )  # fmt: skip
+    vocab = section_vocabulary(config, manifest, workdir)
     local_batch = per_process_batch(config.batch_size, "batch_size", mesh.shape["data"])
     train_iter = make_loader(config, "train", vocab, batch_size=local_batch, seed=config.seed)
-    checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep)
-    if checkpointer.latest_step() is not None:
-        restored = checkpointer.restore(None, spec, data_iterator=train_iter)
-        _check_resumable(restored.json, config, provenance, workdir)
-        state, step = restored.state, restored.step
+    if step is not None:
+        state = checkpointer.restore(step, spec, data_iterator=train_iter).state
         logging.info("resumed %s at step %d", workdir, step)
     else:
         state, step = sharding.init_state(create, spec.shardings), 0
+    ldm_run.write_config(config, workdir)  # only now: the checks above passed
 
     loss_fn = make_loss_fn(config.diffusion)
     train_step = train_state.make_train_step(
-        spec,
-        loss_fn,
-        schedule=schedule,
-        ema_decay=config.ema_decay,
+        spec, loss_fn, schedule=schedule, ema_decay=config.ema_decay,
         compute_dtype=config.compute_dtype,
-    )
+    )  # fmt: skip
     eval_steps = {"": train_state.make_eval_step(spec, loss_fn, compute_dtype=config.compute_dtype)}
     if spec.has_ema:
         eval_steps["ema_"] = train_state.make_eval_step(
             spec, loss_fn, use_ema=True, compute_dtype=config.compute_dtype
         )
-    json_items = {
-        "config": config.to_dict(),
-        "extra": {"latents": provenance, "section_vocab": vocab.types},
-    }
+    json_items = {"config": config.to_dict(),
+                  "extra": ldm_run.checkpoint_extra(provenance, vocab)}  # fmt: skip
     writer = metrics.MetricWriter(workdir)
+    writer.drop_after(step)  # rows an interrupted run logged past its last checkpoint
+    cadence = loop.Cadence(config.total_steps, config.log_every_steps,
+                           config.checkpoint.every_steps, config.eval.every_steps)  # fmt: skip
+    train_log = loop.TrainLog(writer, config.total_steps, step,
+                              progress_keys=("loss", "mse_low_t", "mse_high_t"))  # fmt: skip
+    batches = loop.Batches(train_iter, mesh)
+    rng = jax.random.key(config.seed)
+    last_checkpoint, results = checkpointer.latest_step(), None
 
-    def eval_and_log(step, state, last_checkpoint):
-        results = evaluate(config, spec, state, eval_steps, vocab)
-        metrics.check_finite(step, results, last_checkpoint)
-        writer.write(step, results, split=config.eval.split)
-        logging.info(
-            "%s at step %d: %s",
-            config.eval.split,
-            step,
-            {k: round(v, 4) for k, v in results.items()},
+    try:
+        while step < config.total_steps:
+            batch = batches.next(step)
+            state, step_metrics = train_step(state, batch, rng)
+            step += 1
+            train_log.add(step, step_metrics)
+            if cadence.log(step) or cadence.checkpoint(step):
+                means = train_log.means(last_checkpoint)  # raises on NaN/inf before a save
+            if cadence.log(step):
+                train_log.write(step, means)
+            if cadence.checkpoint(step):
+                checkpointer.save(step, state, data_iterator=train_iter, json_items=json_items)
+                last_checkpoint = step
+            if cadence.eval(step):
+                results = evaluate(config, spec, state, eval_steps, vocab)
+                metrics.check_finite(step, results, last_checkpoint)
+                writer.write(step, results, split=config.eval.split)
+                logging.info("%s at step %d: %s", config.eval.split, step,
+                             {k: round(v, 4) for k, v in results.items()})  # fmt: skip
+            if cadence.log(step) or cadence.eval(step):
+                train_log.restart_clock(step)
+    except KeyboardInterrupt:
+        loop.save_and_raise_interrupted(
+            checkpointer, step, state, train_log, batches, json_items=json_items
         )
-        return results
-
-    results = loop.run_train_loop(
-        state,
-        step,
-        train_step=train_step,
-        train_iter=train_iter,
-        mesh=mesh,
-        rng=jax.random.key(config.seed),
-        total_steps=config.total_steps,
-        log_every=config.log_every_steps,
-        checkpoint_every=config.checkpoint.every_steps,
-        eval_every=config.eval.every_steps,
-        checkpointer=checkpointer,
-        json_items=json_items,
-        writer=writer,
-        evaluate=eval_and_log,
-        progress_keys=("loss", "mse_low_t", "mse_high_t"),
-    )
-    checkpointer.close()
-    writer.close()
+    finally:
+        checkpointer.close()
+        writer.close()
     return results

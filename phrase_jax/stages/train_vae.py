@@ -6,13 +6,12 @@
 `run(config, workdir)` reads top to bottom: mesh and rules -> model + optimizer (+ EMA) created
 directly sharded -> resume from this workdir's latest checkpoint (state and Grain iterator), or
 else start fresh, copying every matching parameter from `config.init_from` (the previous stage's
-workdir, its `best/` checkpoint when it has one) -> train loop with JSONL metrics, a progress
-line, a NaN/inf guard, checkpoints and validation -> `best/` keeps the checkpoint with the best
-`eval.best_metric`. `config.mode == "eval"` only evaluates a checkpoint and writes
-`eval_metrics.json`.
+workdir, its `best/` checkpoint when it has one) -> config.json -> the loop: batch, step, log
+(JSONL + a progress line, NaN/inf guard), checkpoint, validate (`best/` keeps the checkpoint
+with the best `eval.best_metric`); Ctrl-C saves and raises `errors.Interrupted`.
+`config.mode == "eval"` only evaluates a checkpoint and writes `eval_metrics.json`.
 
-Workdir layout: config.json, vocab.json, metrics.jsonl, checkpoints/<step>/,
-best/checkpoints/<step>/ + best/best.json, eval_metrics.json (mode eval).
+Workdir layout: phrase_jax/artifacts/vae_run.py.
 """
 
 from __future__ import annotations
@@ -21,18 +20,18 @@ import json
 import os
 
 import jax
-import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
 from phrase_jax import config_lib
+from phrase_jax.artifacts import run_dir, vae_run
+from phrase_jax.evaluation import vae_validation
 from phrase_jax.models import vae
 from phrase_jax.music.vocab import Vocab
-from phrase_jax.stages import vae_eval
 from phrase_jax.training import checkpointing, loop, metrics, optim, sharding, train_state
 
 RUN_MODES = ("train", "eval")
-BEST_DIR = "best"
+BEST_DIR = vae_run.BEST_DIR
 
 
 def make_loss_fn(kl_weight: float) -> train_state.LossFn:
@@ -58,15 +57,6 @@ def build_state_spec(config, mesh) -> tuple[train_state.StateSpec, callable, cal
     return spec, create, schedule
 
 
-def _checkpointed_dir(workdir: str) -> str | None:
-    """`workdir/best` when it holds a checkpoint, else `workdir` when it does, else None."""
-    for candidate in (os.path.join(workdir, BEST_DIR), workdir):
-        folder = os.path.join(candidate, "checkpoints")
-        if os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder)):
-            return candidate
-    return None
-
-
 def warm_start(config, spec, state, mesh):
     """`state` with every parameter that the `config.init_from` run also has copied from it.
 
@@ -74,19 +64,18 @@ def warm_start(config, spec, state, mesh):
     EMA, when kept, starts from the copied weights; the optimizer starts fresh.
     """
     source_workdir = os.path.abspath(config.init_from)
-    source_dir = _checkpointed_dir(source_workdir)
-    config_path = os.path.join(source_workdir, "config.json")
-    if source_dir is None or not os.path.exists(config_path):
-        raise config_lib.MissingInput(
+    source_ref = vae_run.warm_start_source(source_workdir)
+    if source_ref is None or not os.path.exists(os.path.join(source_workdir, "config.json")):
+        raise run_dir.MissingArtifact(
             f"config init_from={config.init_from!r}: no checkpoint or config.json there; train "
             "the previous stage first, or set init_from='' to start from scratch"
         )
-    with open(config_path) as f:
-        source_config = config_lib.from_json(f.read())
+    source_config = vae_run.read_config(source_workdir)
     source_spec, _, _ = build_state_spec(source_config, mesh)
+    source_dir = vae_run.checkpoint_root(source_workdir, source_ref.kind)
     source = checkpointing.Checkpointer(source_dir, async_save=False)
     try:
-        restored = source.restore(None, source_spec)
+        restored = source.restore(source_ref.step, source_spec)
     finally:
         source.close()
     source_model, _, source_ema = train_state.unpack(source_spec, restored.state)
@@ -98,42 +87,8 @@ def warm_start(config, spec, state, mesh):
         "init_from %s step %d: copied %d parameter arrays; new (fresh init): %s",
         source_dir, restored.step, len(vae.param_dict(model)) - len(new), ", ".join(new) or "none",
     )  # fmt: skip
-    modules = (model, optimizer) if ema is None else (model, optimizer, ema)
+    modules = train_state.TrainModules(model, optimizer, ema)
     return jax.device_put(nnx.state(modules), spec.shardings), new
-
-
-def token_rates(counts: dict, elapsed: float) -> tuple[dict, dict]:
-    """Tokens since the last log -> `tokens_per_s` (JSONL) and the progress line's count."""
-    return {"tokens_per_s": counts["n_tokens"] / elapsed}, {"tokens": counts["n_tokens"]}
-
-
-def _write_vocab(workdir: str) -> None:
-    """vocab.json next to the checkpoints; an existing one must equal this code's table."""
-    path = os.path.join(workdir, "vocab.json")
-    if os.path.exists(path):
-        Vocab.from_json(path)  # raises when the run was made with another vocabulary
-    elif jax.process_index() == 0:
-        Vocab().to_json(path)
-
-
-def _check_same_model(checkpointer: checkpointing.Checkpointer, step: int, config) -> None:
-    """Before restoring: the checkpoint's saved config must have this config's model, else a
-    one-line error (instead of orbax's shape mismatch deep inside the restore)."""
-    step_dir = os.path.join(checkpointer.directory, str(step))
-    if not os.path.isdir(os.path.join(step_dir, "config")):
-        return  # saved without a config item: the restore itself checks the shapes
-    saved = checkpointer.manager.restore(
-        step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
-    )["config"]
-    ours = config.model.to_dict()
-    differ = sorted(k for k in set(ours) | set(saved.get("model", {}))
-                    if saved.get("model", {}).get(k) != ours.get(k))  # fmt: skip
-    if differ:
-        raise ValueError(
-            f"{step_dir} was trained with another model config ({', '.join(differ)} differ); "
-            "pass the run's own experiment and variant (e.g. experiments/vae.py:cpu,mode=eval) "
-            "or use a fresh workdir"
-        )
 
 
 class BestCheckpoint:
@@ -158,7 +113,7 @@ class BestCheckpoint:
                 f"choose one of {sorted(results)}"
             )
         best = None if self.record is None else self.record["value"]
-        if not vae_eval.is_better(self.metric, results[self.metric], best):
+        if not vae_validation.is_better(self.metric, results[self.metric], best):
             return False
         self.checkpointer.save(step, state, json_items=json_items)
         self.record = {"step": step, "metric": self.metric, "value": results[self.metric],
@@ -171,7 +126,7 @@ class BestCheckpoint:
 
 def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
     """mode=eval: valid metrics of the latest (or `eval.checkpoint=best`) checkpoint, written to
-    `workdir/eval_metrics.json`."""
+    `workdir/eval_metrics.json` (the config to `eval_config.json`)."""
     mesh = sharding.make_mesh(config.mesh)
     spec, _, _ = build_state_spec(config, mesh)
     if config.eval.checkpoint not in ("latest", "best"):
@@ -184,15 +139,16 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, float]:
             raise checkpointing.CheckpointError(
                 f"{checkpointer.directory}: no checkpoint to evaluate; train this stage first"
             )
-        _check_same_model(checkpointer, step, config)
+        vae_run.check_same_model(checkpointer, step, config)
         restored = checkpointer.restore(step, spec)
     finally:
         checkpointer.close()
+    vae_run.write_config(config, workdir)
     eval_step = train_state.make_eval_step(
         spec, make_loss_fn(config.kl_weight), use_ema=spec.has_ema,
         compute_dtype=config.compute_dtype,
     )  # fmt: skip
-    results = vae_eval.evaluate(config, spec, restored.state, eval_step)
+    results = vae_validation.evaluate(config, spec, restored.state, eval_step)
     report = {"step": restored.step, "checkpoint": config.eval.checkpoint,
               "split": config.eval.split, **results}  # fmt: skip
     if jax.process_index() == 0:
@@ -225,30 +181,30 @@ def run(config, workdir: str) -> dict[str, float] | None:
     run_mode = config.get("mode", "train")
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    _write_vocab(workdir)
+    vae_run.write_vocab(workdir)
     if run_mode == "eval":
         return evaluate_checkpoint(config, workdir)
 
+    # Build the state's shapes and shardings, then resume or initialise it.
     mesh = sharding.make_mesh(config.mesh)
     spec, create, schedule = build_state_spec(config, mesh)
-    n_params = vae.count_params(nnx.merge(spec.graphdef, spec.abstract)[0])
+    n_params = vae.count_params(nnx.merge(spec.graphdef, spec.abstract).model)
     logging.info("PhraseVAE mode %s: %d parameters, mesh %s", config.model.mode, n_params,
                  dict(mesh.shape))  # fmt: skip
-
-    local_batch = vae_eval.per_process_batch(config.batch_size, "batch_size")
-    train_iter = vae_eval.make_loader(config, "train", batch_size=local_batch, shuffle=True,
-                                      num_epochs=None)  # fmt: skip
+    local_batch = vae_validation.per_process_batch(config.batch_size, "batch_size")
+    train_iter = vae_validation.make_loader(config, "train", batch_size=local_batch,
+                                            shuffle=True, num_epochs=None)  # fmt: skip
     checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep)
-    best = BestCheckpoint(workdir, config.eval.best_metric)
-    if checkpointer.latest_step() is not None:
-        _check_same_model(checkpointer, checkpointer.latest_step(), config)
-        restored = checkpointer.restore(None, spec, data_iterator=train_iter)
-        state, step = restored.state, restored.step
+    step = checkpointer.latest_step()
+    if step is not None:
+        vae_run.check_same_model(checkpointer, step, config)
+        state = checkpointer.restore(step, spec, data_iterator=train_iter).state
         logging.info("resumed %s at step %d", workdir, step)
     else:
         state, step = sharding.init_state(create, spec.shardings), 0
         if config.init_from:
             state, _ = warm_start(config, spec, state, mesh)
+    vae_run.write_config(config, workdir)  # only now: the checks above passed
 
     loss_fn = make_loss_fn(config.kl_weight)
     train_step = train_state.make_train_step(
@@ -258,26 +214,45 @@ def run(config, workdir: str) -> dict[str, float] | None:
     eval_step = train_state.make_eval_step(spec, loss_fn, use_ema=spec.has_ema,
                                            compute_dtype=config.compute_dtype)  # fmt: skip
     json_items = {"config": config.to_dict(), "vocab": Vocab().to_dict()}
+    best = BestCheckpoint(workdir, config.eval.best_metric)
     writer = metrics.MetricWriter(workdir)
+    writer.drop_after(step)  # rows an interrupted run logged past its last checkpoint
+    cadence = loop.Cadence(config.total_steps, config.log_every_steps,
+                           config.checkpoint.every_steps, config.eval.every_steps)  # fmt: skip
+    train_log = loop.TrainLog(writer, config.total_steps, step,
+                              progress_keys=("loss", "ce", "kl", "accuracy"),
+                              summed=("n_tokens",), rates=loop.token_rates)  # fmt: skip
+    batches = loop.Batches(train_iter, mesh)
+    rng = jax.random.key(config.seed)
+    last_checkpoint, results = checkpointer.latest_step(), None
 
-    def evaluate(step, state, last_checkpoint):
-        del last_checkpoint  # unused: only the train metrics are NaN-guarded here
-        results = vae_eval.evaluate(config, spec, state, eval_step)
-        writer.write(step, results, split="valid")
-        improved = best.update(step, state, results, json_items)
-        logging.info("valid at step %d%s: %s", step, " (new best)" if improved else "",
-                     {k: round(v, 4) for k, v in results.items()})  # fmt: skip
-        return results
-
-    results = loop.run_train_loop(
-        state, step, train_step=train_step, train_iter=train_iter, mesh=mesh,
-        rng=jax.random.key(config.seed), total_steps=config.total_steps,
-        log_every=config.log_every_steps, checkpoint_every=config.checkpoint.every_steps,
-        eval_every=config.eval.every_steps, checkpointer=checkpointer, json_items=json_items,
-        writer=writer, evaluate=evaluate, progress_keys=("loss", "ce", "kl", "accuracy"),
-        summed=("n_tokens",), rates=token_rates,
-    )  # fmt: skip
-    checkpointer.close()
-    best.checkpointer.close()
-    writer.close()
+    try:
+        while step < config.total_steps:
+            batch = batches.next(step)
+            state, step_metrics = train_step(state, batch, rng)
+            step += 1
+            train_log.add(step, step_metrics)
+            if cadence.log(step) or cadence.checkpoint(step):
+                means = train_log.means(last_checkpoint)  # raises on NaN/inf before a save
+            if cadence.log(step):
+                train_log.write(step, means)
+            if cadence.checkpoint(step):
+                checkpointer.save(step, state, data_iterator=train_iter, json_items=json_items)
+                last_checkpoint = step
+            if cadence.eval(step):
+                results = vae_validation.evaluate(config, spec, state, eval_step)
+                writer.write(step, results, split="valid")
+                improved = best.update(step, state, results, json_items)
+                logging.info("valid at step %d%s: %s", step, " (new best)" if improved else "",
+                             {k: round(v, 4) for k, v in results.items()})  # fmt: skip
+            if cadence.log(step) or cadence.eval(step):
+                train_log.restart_clock(step)
+    except KeyboardInterrupt:
+        loop.save_and_raise_interrupted(
+            checkpointer, step, state, train_log, batches, json_items=json_items
+        )
+    finally:
+        checkpointer.close()
+        best.checkpointer.close()
+        writer.close()
     return results

@@ -27,13 +27,14 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from phrase_jax import errors
 from phrase_jax.training import sharding
 from phrase_jax.training.train_state import StateSpec
 
 JSON_ITEMS = ("config", "vocab", "extra")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(errors.UserError, RuntimeError):
     """A checkpoint is missing or unreadable; the message names the path and the fix."""
 
 
@@ -186,13 +187,45 @@ class Checkpointer:
             reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
             raise CheckpointError(
                 f"{step_dir}: cannot restore checkpoint ({type(error).__name__}: {reason}); "
-                "delete this step folder to resume from an earlier one, or use a fresh workdir"
+                "use a fresh workdir, or move this step folder aside to resume from the previous "
+                "checkpoint (the steps trained since then are lost)"
             ) from error
         return Restored(
             step=int(step),
             state=state,
             json={n: dict(restored[n]) for n in JSON_ITEMS if n in items},
         )
+
+    def restore_module(self, step: int, abstract: nnx.State, *, item: str) -> nnx.State:
+        """One module of a saved train state (`item`: "model" or "ema"), params and the
+        module's other variables, onto `abstract`'s shardings (the `nnx.State` of the module
+        alone, with ShapeDtypeStruct leaves). Only that subtree is read: the optimizer's step
+        and moments never leave the disk."""
+        self.wait()
+        step_dir = os.path.join(self.directory, str(step))
+        if not os.path.isdir(step_dir):
+            raise CheckpointError(f"{step_dir}: no checkpoint there; check the workdir and step")
+        target = {item: _abstract_tree(abstract)}
+        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+        args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(state=args))
+            return _from_tree(restored["state"][item], abstract)
+        except (KeyError, ValueError) as error:
+            raise CheckpointError(
+                f"{step_dir}: holds no {item!r} weights of this model ({type(error).__name__}); "
+                "it is another model's checkpoint: check the workdir"
+            ) from error
+
+    def read_json_items(self, step: int) -> dict[str, dict]:
+        """The small JSON items (config, vocab, extra) saved with `step`, no arrays."""
+        step_dir = os.path.join(self.directory, str(step))
+        present = set(os.listdir(step_dir)) if os.path.isdir(step_dir) else set()
+        items = {n: ocp.args.JsonRestore() for n in JSON_ITEMS if n in present}
+        if not items:
+            return {}
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        return {n: dict(restored[n]) for n in items}
 
     def restore_or_init(
         self,

@@ -70,6 +70,20 @@ class MetricWriter:
             if Writer is not None:
                 self._tensorboard = Writer(os.path.join(os.path.dirname(self.path), "tensorboard"))
 
+    def drop_after(self, step: int) -> int:
+        """Removes the rows of steps after `step` (a resumed run logs them again, so each step
+        appears once); rewrites the file atomically. Returns how many rows went."""
+        if not self.active or not os.path.exists(self.path):
+            return 0
+        rows = read_jsonl(self.path)
+        kept = [row for row in rows if row["step"] <= step]
+        if len(kept) < len(rows):
+            tmp = f"{self.path}.tmp{os.getpid()}"
+            with open(tmp, "w") as f:
+                f.writelines(json.dumps(row) + "\n" for row in kept)
+            os.replace(tmp, self.path)
+        return len(rows) - len(kept)
+
     def write(self, step: int, scalars: Mapping[str, float], *, split: str = "train") -> None:
         """Appends one JSON line; values are fetched to host floats."""
         if not self.active:

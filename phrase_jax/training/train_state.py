@@ -1,7 +1,9 @@
 """Train state and the jitted pure train / eval steps, for any NNX model and loss.
 
-The state is `nnx.split((model, optimizer[, ema_model]))`: a static graphdef and one `nnx.State`
-pytree that the step takes, donates and returns. A loss function has the signature
+The modules are a `TrainModules(model, optimizer, ema)` named tuple (ema None when not kept);
+`nnx.split` of it gives a static graphdef and one `nnx.State` keyed "model", "optimizer" (step
+and Adam moments) and "ema" (when kept): the pytree that the step takes, donates and returns.
+A loss function has the signature
 
     loss_fn(model, batch, rng, train) -> (loss, metrics)   # scalar, dict of scalars
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,11 +36,19 @@ LossFn = Callable[[nnx.Module, dict[str, jax.Array], jax.Array, bool], tuple[jax
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+class TrainModules(NamedTuple):
+    """What a train state holds, by name; `nnx.state(modules)` keys its arrays the same way."""
+
+    model: nnx.Module
+    optimizer: nnx.Optimizer
+    ema: nnx.Module | None = None  # the EMA of the model's weights, when the run keeps one
+
+
 @dataclasses.dataclass(frozen=True)
 class StateSpec:
     """Everything static about the train state.
 
-    graphdef: the NNX graph of (model, optimizer[, ema_model]).
+    graphdef: the NNX graph of `TrainModules`.
     abstract: `nnx.State` of `jax.ShapeDtypeStruct` (with sharding) for checkpoint restore.
     shardings: `nnx.State` of `NamedSharding`, the in/out shardings of every step.
     mesh: the device mesh the shardings live on.
@@ -51,38 +61,35 @@ class StateSpec:
 
     @property
     def has_ema(self) -> bool:
-        return len(self.abstract) == 3
+        return "ema" in self.abstract
 
 
 def modules_factory(
     create_model: Callable[[], nnx.Module], tx: optax.GradientTransformation, *, use_ema: bool
 ) -> Callable[[], tuple]:
-    """A function building (model, optimizer[, ema_model]) fresh; the EMA starts as a copy."""
+    """A function building `TrainModules` fresh; the EMA starts as a copy of the model."""
 
-    def create():
+    def create() -> TrainModules:
         model = create_model()
         optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-        if use_ema:
-            return model, optimizer, nnx.clone(model)
-        return model, optimizer
+        return TrainModules(model, optimizer, nnx.clone(model) if use_ema else None)
 
     return create
 
 
-def make_state_spec(create_modules: Callable[[], tuple], mesh: Mesh, rules) -> StateSpec:
+def make_state_spec(create_modules: Callable[[], TrainModules], mesh: Mesh, rules) -> StateSpec:
     graphdef, abstract, shardings = sharding.abstract_state(create_modules, mesh, rules)
     return StateSpec(graphdef=graphdef, abstract=abstract, shardings=shardings, mesh=mesh)
 
 
-def unpack(spec: StateSpec, state: nnx.State) -> tuple[nnx.Module, nnx.Optimizer, Any]:
-    """(model, optimizer, ema_model or None) as live NNX objects."""
-    modules = nnx.merge(spec.graphdef, state)
-    return modules[0], modules[1], modules[2] if len(modules) == 3 else None
+def unpack(spec: StateSpec, state: nnx.State) -> TrainModules:
+    """The live NNX modules (model, optimizer, ema or None) of a train state."""
+    return nnx.merge(spec.graphdef, state)
 
 
 def step_of(state: nnx.State) -> int:
     """The optimizer's update count, i.e. the number of train steps already taken."""
-    return int(jax.device_get(state[1]["step"].get_value()))
+    return int(jax.device_get(state["optimizer"]["step"].get_value()))
 
 
 def _cast_floats(tree, dtype):
@@ -148,8 +155,7 @@ def make_train_step(
         metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
         metrics["learning_rate"] = schedule(step_index)
         metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
-        modules = (model, optimizer) if ema is None else (model, optimizer, ema)
-        return nnx.state(modules), metrics
+        return nnx.state(TrainModules(model, optimizer, ema)), metrics
 
     replicated = sharding.replicated(spec.mesh)
     return jax.jit(

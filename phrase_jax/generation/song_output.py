@@ -1,4 +1,4 @@
-"""What the sampling stage writes per song (SPEC 6): a .mid, a piano-roll .png, optionally a .wav.
+"""What the sample stage writes per song (SPEC 6): a .mid, a piano-roll .png, optionally a .wav.
 
     files, seconds = write_songs(songs, out_dir, tempo=90.0)   # song_000.mid, song_000.png, ...
     audio, rate, method = synthesize(pretty_midi_object)      # for notebooks and WAV files
@@ -19,6 +19,7 @@ import pretty_midi
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from phrase_jax.artifacts.samples import song_file_stem
 from phrase_jax.music import midi_io
 from phrase_jax.music.events import Song
 
@@ -27,11 +28,6 @@ AUDIO_RATE = 22050
 # Piano-roll width per bar and its cap, in inches: 128 bars stay readable and under ~4k pixels.
 INCHES_PER_BAR = 0.3
 MAX_WIDTH_INCHES = 40.0
-
-
-def song_file_stem(index: int) -> str:
-    """`song_007` for song 7: the name every output of one song shares (docs/design.md)."""
-    return f"song_{index:03d}"
 
 
 def program_name(program: int) -> str:

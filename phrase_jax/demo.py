@@ -1,9 +1,9 @@
 """`make demo`: the whole job end to end into ONE output folder, resumable phase by phase.
 
-    python -m phrase_jax.stages.demo --out outputs/demo
-    python -m phrase_jax.stages.demo --out outputs/demo --dataset pop909 \
+    python -m phrase_jax.demo --out outputs/demo
+    python -m phrase_jax.demo --out outputs/demo --dataset pop909 \
         --pop909_dir ../shared/data/pop909
-    python -m phrase_jax.stages.demo --out /tmp/demo --settings runlocal,songs=12
+    python -m phrase_jax.demo --out /tmp/demo --settings runlocal,songs=12
 
 Eight phases, each a banner `[demo k/8] ...` followed by the stage's own progress lines:
 prepare the data → the three PhraseVAE stages (span infill, 4-query autoencoder, VAE) →
@@ -42,13 +42,23 @@ from absl import app, flags
 
 from data_pipelines import datasets, prepare, sources
 from phrase_jax import config_lib, logs
-from phrase_jax import main as stage_main
+from phrase_jax.stages import evaluate, extract_latents, sample, train_ldm, train_vae
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
 DEMO_EXPERIMENT = EXPERIMENTS / "demo.py"
 DEMO_JSON = "demo.json"
 REPORT_FILES = ("metrics.md", "metrics.json", "self_similarity.png")
+
+
+# config.stage -> the stage's run(config, workdir), called directly (no entry point).
+STAGE_RUNS = {
+    "train_vae": train_vae.run,
+    "extract_latents": extract_latents.run,
+    "train_ldm": train_ldm.run,
+    "sample": sample.run,
+    "evaluate": evaluate.run,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +142,13 @@ def stage_config(demo: ml_collections.ConfigDict, phase: Phase, paths: dict[str,
         config.ldm_workdir = paths["ldm"]
     config.lock()
     return config
+
+
+def run_stage(config: ml_collections.ConfigDict, workdir: str):
+    """What `python -m phrase_jax.main` does for one stage: validate, create the workdir, run."""
+    config_lib.validate(config)
+    os.makedirs(workdir, exist_ok=True)
+    return STAGE_RUNS[config.stage](config, os.path.abspath(workdir))
 
 
 def data_slots_per_bar(data_dir: str) -> int:
@@ -218,13 +235,10 @@ def run_demo(demo: ml_collections.ConfigDict, out_dir: str, *, log: Callable = p
         log(f"{banner} ... ({paths[phase.name]})")
         ran_before = True
         wall, cpu, load = time.monotonic(), _cpu_seconds(), os.getloadavg()[0]
-        if phase.name == "sample":  # songs of an earlier run with more songs must not linger
-            for stale in pathlib.Path(paths["sample"]).glob("song_*.*"):
-                stale.unlink()
         if config is None:
             _prepare_data(demo, paths["data"], pop909_dir, log)
-        else:
-            stage_main.run(config, paths[phase.name])
+        else:  # the sample stage itself replaces the songs of an earlier run
+            run_stage(config, paths[phase.name])
         if phase.name == "evaluate":
             for name in REPORT_FILES:  # the results next to the songs, at the top level
                 if os.path.exists(os.path.join(paths["evaluate"], name)):
@@ -273,7 +287,10 @@ _SETTINGS = flags.DEFINE_string(
     "settings", "", "Variants and key=val overrides of experiments/demo.py, comma-joined, e.g. "
     "runlocal or ldm.total_steps=2000.",
 )  # fmt: skip
-# --verbose (also show the libraries' INFO logs) is phrase_jax.main's flag, defined on import.
+# --verbose (also show the libraries' INFO logs) is main's flag too: defined here unless main,
+# imported into the same process (the tests), already did.
+if "verbose" not in flags.FLAGS:
+    flags.DEFINE_boolean("verbose", False, "Also show the libraries' INFO logs and tracebacks.")
 
 
 def main(argv):
