@@ -58,6 +58,16 @@ class JobOutcome:
 
 
 def _peak_rss_mb() -> float:
+    """This process's own peak resident memory. VmHWM belongs to the current address space;
+    ru_maxrss would carry over the forking parent's peak across exec (a worker spawned by a
+    large process, e.g. a test session, would report that parent's size)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 

@@ -13,6 +13,7 @@ import os
 from data_pipelines import datasets, isolated_workers
 from data_pipelines import prepare as prepare_lib
 from phrase_jax import errors
+from phrase_jax.artifacts import run_dir
 from phrase_jax.music import midi_limits
 
 
@@ -66,6 +67,7 @@ def validate_config(config) -> None:
 def run(config, workdir: str) -> dict:
     """Prepares `config.dataset` into `workdir`; returns the manifest."""
     kwargs = settings_from_config(config)
+    run_dir.write_config(config, workdir)  # after the checks: a rejected launch writes nothing
     try:
         return prepare_lib.prepare(out_dir=workdir, **kwargs)
     except (FileNotFoundError, ValueError) as err:  # a folder without songs, unknown names
