@@ -41,7 +41,9 @@ class DatasetSettings:
     # How notes are read from MIDI: "default" (midi_io: the tick grid, or POP909's beat
     # annotations, snapped to `quantize_step`, same-pitch overlaps resolved, drums kept) or
     # "remiz" (remiz_reading: token for token what the reference tokenizer REMI-z reads; no
-    # snapping, no beat annotations, drums left out).
+    # snapping, no beat annotations, drums left out). POP909 keeps "default": the reference's
+    # POP909 bars are its section labels' bars; the downbeat annotations give those barlines in
+    # 556/909 songs, the MIDI's ticks in 48/909 (docs/design.md, "Prepared data").
     reading: str = "default"
     with_velocity: bool = False
     max_bars: int = 128  # longer songs stay in the VAE corpus but not in `songs`
@@ -110,10 +112,13 @@ def read_song(
     """One MIDI file within `settings.read_limits` -> (song, dropped by reason, info), read as
     `settings.reading` says (the remiz reading ignores beat annotations and quantize_step)."""
     if settings.reading == "remiz":
-        midi, report = midi_limits.scan_midi(path, settings.read_limits, retime=False)
-        dropped = collections.Counter(report.dropped)
-        song = remiz_reading.midi_to_song_remiz(
-            midi, name=name, track_programs=song_args.get("track_programs"), dropped=dropped
+        dropped = collections.Counter()
+        song = remiz_reading.load_song_remiz(
+            path,
+            name=name,
+            limits=settings.read_limits,
+            track_programs=song_args.get("track_programs"),
+            dropped=dropped,
         )
         return song, dropped, {"reading": "remiz"}
     pm, report = midi_limits.read_midi(path, settings.read_limits)

@@ -16,6 +16,14 @@ Every MIDI file is read in a worker process within `read_limits` (checked before
 work) and `job_limits` (wall time and memory per file), so one bad file costs only itself; each
 rejected file is listed in manifest.json with a one-line reason, and dropped notes are counted
 by reason per song. The stage fails (non-zero exit) when no song loads.
+
+`settings.reading`: `default` (bars from the MIDI's meter, or for POP909 from `beat_midi.txt`
+downbeats; 16th notes; drums kept) or `remiz` (token for token what the reference tokenizer
+REMI-z reads; `remiz_reading.load_song_remiz(path)` is the same reading for one file). POP909
+stays on `default`: the reference's POP909 songs were rebuilt from 16th-note phrase piano rolls
+(PhraseLDM_code `data_preprocess/POP909/pop909_longshen.py`) whose bars are the section labels'
+bars; the downbeat annotations give those barlines in 556 of 909 songs, REMI-z's reading of
+POP909's own MIDI ticks in 48 (docs/results.md, issue 11).
 """
 
 from __future__ import annotations

@@ -19,8 +19,6 @@ import io
 import pathlib
 import sys
 
-import mido
-
 from phrase_jax.music import midi_io, remiz_reading, tokenizer, vocab
 
 
@@ -66,7 +64,7 @@ def write_with_reference(tokens: list[str], path: str) -> None:
 
 def our_tokens(path: str) -> list[str]:
     """Our tokens of the same file in the REMI-z reading mode."""
-    song = remiz_reading.midi_to_song_remiz(mido.MidiFile(str(path)))
+    song = remiz_reading.load_song_remiz(path)
     return vocab.Vocab().decode(tokenizer.song_tokens(song))
 
 

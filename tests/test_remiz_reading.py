@@ -6,7 +6,8 @@ import collections
 import mido
 import pytest
 
-from phrase_jax.music import midi_io, remiz_reading, tokenizer, vocab
+from data_pipelines import datasets
+from phrase_jax.music import midi_io, midi_limits, remiz_reading, tokenizer, vocab
 
 
 def _overlapping_notes_file(path):
@@ -66,6 +67,37 @@ def test_meter_changes_take_effect_at_the_next_barline(tmp_path):
     # 2/4 arrives inside bar 2 (quarter 4): it applies from quarter 6; 12/4 is reduced to 6/4.
     meters = [bar.time_signature for bar in song.bars]
     assert meters[:5] == [(3, 4), (3, 4), (2, 4), (2, 4), (6, 4)]
+
+
+def test_load_song_remiz_reads_a_file_path(tmp_path):
+    """The path entry (editing, official weights) gives the parsed-file reading, names the song
+    after the file, counts what it leaves out, and reports unreadable files in one line."""
+    path = tmp_path / "overlap.mid"
+    _overlapping_notes_file(path)
+    dropped = collections.Counter()
+    song = remiz_reading.load_song_remiz(path, dropped=dropped)
+    assert song.name == "overlap"
+    assert _tokens(song) == _tokens(remiz_reading.midi_to_song_remiz(mido.MidiFile(str(path))))
+    assert dropped["notes: drums (the REMI-z reading leaves them out)"] == 1
+    with_drums = remiz_reading.load_song_remiz(path, include_drums=True, name="x")
+    assert "i-128" in _tokens(with_drums) and with_drums.name == "x"
+    broken = tmp_path / "broken.mid"
+    broken.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(midi_limits.MidiReadError, match="broken.mid"):
+        remiz_reading.load_song_remiz(broken)
+    with pytest.raises(midi_limits.MidiReadError, match="max_notes"):
+        remiz_reading.load_song_remiz(path, limits=midi_limits.ReadLimits(max_notes=1))
+
+
+def test_prepare_reads_through_the_path_entry(tmp_path):
+    """`settings.reading=remiz` in prepare is the same reading, with the dataset's song name."""
+    path = tmp_path / "overlap.mid"
+    _overlapping_notes_file(path)
+    settings = datasets.DatasetSettings(reading="remiz")
+    song, dropped, info = datasets.read_song(str(path), settings, "song-7")
+    assert song.name == "song-7" and info == {"reading": "remiz"}
+    assert _tokens(song) == _tokens(remiz_reading.load_song_remiz(path))
+    assert dropped["notes: drums (the REMI-z reading leaves them out)"] == 1
 
 
 @pytest.mark.parity

@@ -16,17 +16,21 @@ its way:
   notes is divided by its smallest factor) as REMI-z does; drums are left out (REMI-z's
   `to_remiz_str` drops them; the default keeps them as `i-128`).
 The file's own ticks give the grid: tempo does not matter.
+
+`load_song_remiz(path)` is the entry for a MIDI file (the encode side of editing and of latents
+with the released weights); `midi_to_song_remiz` reads an already parsed `mido.MidiFile`.
 """
 
 from __future__ import annotations
 
 import bisect
 import collections
+import os
 from collections.abc import Mapping
 
 import mido
 
-from phrase_jax.music import vocab
+from phrase_jax.music import midi_limits, vocab
 from phrase_jax.music.events import Bar, Note, Song
 
 GRID = vocab.POSITIONS_PER_QUARTER
@@ -171,6 +175,35 @@ def midi_to_song_remiz(
         for track_notes in bar.tracks.values():
             track_notes.sort(key=lambda n: (n.onset, -n.pitch, -n.duration, -n.velocity))
     return Song(bars=bars, name=name)
+
+
+def load_song_remiz(
+    path: str | os.PathLike,
+    *,
+    name: str | None = None,
+    limits: midi_limits.ReadLimits | None = None,
+    include_drums: bool = False,
+    track_programs: Mapping[str, int] | None = None,
+    dropped: collections.Counter | None = None,
+) -> Song:
+    """A MIDI file read token for token as REMI-z reads it (the module docstring), within
+    `limits`: the reading for songs encoded for the released models; `name` defaults to the
+    file's stem. A file that cannot be read
+    or is past a limit raises `midi_limits.MidiReadError("<path>: <reason>")`; `dropped` counts
+    what the scan repaired and the notes left out, by reason."""
+    midi, report = midi_limits.scan_midi(path, limits or midi_limits.ReadLimits(), retime=False)
+    if dropped is not None:
+        dropped.update(report.dropped)
+    try:
+        return midi_to_song_remiz(
+            midi,
+            name=os.path.splitext(os.path.basename(path))[0] if name is None else name,
+            include_drums=include_drums,
+            track_programs=track_programs,
+            dropped=dropped,
+        )
+    except ValueError as err:
+        raise midi_limits.MidiReadError(f"{path}: {err}") from None
 
 
 def _bar_index(bar_starts: list[int], onset: int) -> int:
