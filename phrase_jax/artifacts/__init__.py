@@ -1,0 +1,1 @@
+"""The files each stage leaves for the next, one module per artifact (bundle.py: a model)."""

@@ -1,0 +1,1 @@
+"""What sampling and evaluation share: `generate` (latents -> songs), slot decoding, song files."""
