@@ -209,3 +209,16 @@ def test_load_pretrained_places_on_a_mesh(tmp_path):
     assert kernel.sharding.is_fully_replicated and len(kernel.sharding.device_set) == len(
         jax.devices()
     )
+
+
+def test_strided_numpy_values_are_written_in_their_logical_order(tmp_path):
+    _, _, ldm_model, _ = write_tiny(tmp_path / "a")
+    kernel = np.arange(32 * 8, dtype=np.float32).reshape(8, 32).T  # a transposed view
+    assert not kernel.flags.c_contiguous
+    ldm_model.proj_out.kernel.set_value(kernel)
+    arrays = bundle.model_arrays(ldm_model)
+    path = str(tmp_path / "w.safetensors")
+    bundle.safetensors_numpy.save_file(arrays, path)
+    np.testing.assert_array_equal(
+        bundle.safetensors_numpy.load_file(path)["proj_out.kernel"], kernel
+    )

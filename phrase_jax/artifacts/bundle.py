@@ -39,6 +39,7 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from safetensors import numpy as safetensors_numpy
@@ -67,8 +68,9 @@ def weights_file(model: str, ema: bool) -> str:
 def model_arrays(model: nnx.Module) -> dict[str, np.ndarray]:
     """Every variable of `model` (parameters and fixed buffers) as float32 numpy, keyed by its
     '.'-joined NNX path."""
+    # Contiguous: safetensors writes the raw buffer, and a variable may hold a strided numpy view.
     return {
-        ".".join(map(str, path)): np.asarray(variable.get_value(), np.float32)
+        ".".join(map(str, path)): np.ascontiguousarray(variable.get_value(), np.float32)
         for path, variable in nnx.to_flat_state(nnx.state(model))
     }
 
@@ -90,7 +92,7 @@ def set_model_arrays(model: nnx.Module, arrays: Mapping[str, np.ndarray], *, wha
             raise errors.UserError(
                 f"{what}: {key} has shape {value.shape}, the config wants {tuple(variable.shape)}"
             )
-        variable.set_value(np.asarray(value, variable.dtype))
+        variable.set_value(jnp.asarray(value, variable.dtype))
     nnx.update(model, state)
 
 
