@@ -139,7 +139,10 @@ def vae_config_from_tensors(tensors: Mapping[str, np.ndarray], hub_config: dict)
 def vae_from_hub(folder: str) -> vae.PhraseVAE:
     """The PhraseVAE of a phrase-vae Hub folder."""
     hub_config, tensors = read_hub_folder(folder)
-    config = vae_config_from_tensors(tensors, hub_config)
+    try:
+        config = vae_config_from_tensors(tensors, hub_config)
+    except KeyError as error:
+        raise errors.UserError(f"{folder}/{WEIGHTS}: lacks the tensor {error}") from None
     state = dict(tensors)
     if "model.t5.shared.weight" not in state:  # safetensors kept another name of the tie
         alias = next(f"model.t5.{k}.weight" for k in _TIED if f"model.t5.{k}.weight" in state)
@@ -247,7 +250,10 @@ def ldm_from_hub(folder: str) -> tuple[dit.PhraseLDM, dict]:
     if has_length:
         overrides["length_buckets"] = tensors["length_encoder.length_embedding.weight"].shape[0]
     if has_sections:
-        overrides.update(_section_config(tensors))
+        try:
+            overrides.update(_section_config(tensors))
+        except KeyError as error:
+            raise errors.UserError(f"{where}: lacks the tensor {error}") from None
     diffusers_config = hub_config.get("model_config") or ref_dit_config(has_sections)
     backbone = {k[len("ldm.") :]: v for k, v in tensors.items() if k.startswith("ldm.")}
     try:
@@ -258,7 +264,11 @@ def ldm_from_hub(folder: str) -> tuple[dit.PhraseLDM, dict]:
         model = ldm_from_diffusers.from_diffusers(backbone, config)
     except (KeyError, TypeError, ValueError) as error:
         raise errors.UserError(f"{where}: {error}") from None
-    _set_conditioner(model, _condition_arrays(tensors, config), where)
+    try:
+        arrays = _condition_arrays(tensors, config)
+    except KeyError as error:
+        raise errors.UserError(f"{where}: lacks the tensor {error}") from None
+    _set_conditioner(model, arrays, where)
     settings = {
         "scale": float(settings["scale_factor"]),
         "clip": float(settings["clip_range"]),
