@@ -202,7 +202,8 @@ def write_bundle(
 
     `provenance` should name at least `source` (e.g. a workdir or Hub repo), `vae_step`,
     `ldm_step` and `data`; `created` is added. An existing `path` is a UserError unless
-    `overwrite`; it is replaced only once the new bundle is complete.
+    `overwrite`; it is replaced only once the new bundle is complete. Run it in one process
+    (the parameters are gathered to numpy): `make export` is a single-process command.
     """
     path = os.path.abspath(path)
     if os.path.exists(path) and not overwrite:
