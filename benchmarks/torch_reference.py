@@ -154,6 +154,19 @@ def greedy_decode(reference, z_bl: np.ndarray, *, max_len: int) -> np.ndarray:
     return out.numpy().astype(np.int32)
 
 
+def perturb_(module, *, seed: int = 0) -> None:
+    """Perturbs every parameter in place (norm scales start at 1, biases at 0, so an untouched
+    tensor could hide a wrong mapping), at the init's own scale: larger weights make fp32 itself
+    drift from fp64 by ~1e-3. Tied parameters are one tensor and stay tied."""
+    torch, _ = _torch()
+    generator = torch.Generator().manual_seed(seed)
+    noise = lambda p: torch.randn(p.shape, generator=generator, dtype=p.dtype)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.mul_(1.0 + 0.2 * noise(parameter))
+            parameter.add_(0.02 * noise(parameter))
+
+
 def state_dict_numpy(reference) -> dict[str, np.ndarray]:
     """The reference weights as numpy, for `vae_from_torch.load_torch_state_dict`."""
     return {k: v.detach().cpu().numpy() for k, v in reference.state_dict().items()}

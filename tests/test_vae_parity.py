@@ -15,6 +15,7 @@ transformers = pytest.importorskip("transformers")
 import jax  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from benchmarks import torch_reference  # noqa: E402
 from phrase_jax.interop import vae_from_torch  # noqa: E402
 from phrase_jax.models import vae  # noqa: E402
 
@@ -62,12 +63,7 @@ class ReferencePhraseVAE(torch.nn.Module):
 def reference():
     torch.manual_seed(0)
     model = ReferencePhraseVAE().eval()
-    # Perturb every tensor (norm scales start at 1, biases at 0) so that no wrong mapping can
-    # hide, at the init's own scale: larger weights make fp32 itself drift from fp64 by ~1e-3.
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.mul_(1.0 + 0.2 * torch.randn_like(parameter))
-            parameter.add_(0.02 * torch.randn_like(parameter))
+    torch_reference.perturb_(model, seed=0)  # every tensor, so no wrong mapping can hide
     return model
 
 

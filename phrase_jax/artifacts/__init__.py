@@ -6,4 +6,5 @@ what it must hold, written once and read (and checked) in one place.
     latents      an extract_latents workdir: manifest.json and the npz shards it lists
     ldm_run      a train_ldm workdir: config.json, section_vocab.json, checkpoints/
     samples      a sample workdir: song_NNN.* files and samples.json
+    bundle       a trained model to share: bundle.json + safetensors weights (load_pretrained)
 """

@@ -27,9 +27,21 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from phrase_jax import errors
 from phrase_jax.diffusion.schedules import Schedule, posterior, predictions_to_x0_eps
 
 METHODS = ("ddpm", "ddim", "dpm_solver_pp", "dpm_solver_pp_sde")
+
+
+def check_guidance(model_config, guidance_scale: float) -> None:
+    """Refuses a guidance scale other than 1 for a conditional model trained without condition
+    dropout: its "no condition" embeddings were never trained (the released reference models
+    are such), so guidance would steer towards an arbitrary vector."""
+    if guidance_scale != 1.0 and model_config.conditions and model_config.condition_dropout <= 0:
+        raise errors.UserError(
+            f"guidance_scale={guidance_scale}: this LDM was trained without condition dropout, "
+            "so it has no learned 'no condition' to guide from; use guidance_scale=1"
+        )
 
 
 def timestep_grid(num_train_steps: int, num_steps: int) -> np.ndarray:
@@ -218,8 +230,10 @@ def sample(
     """Sample x0 [B, N, D] from a PhraseLDM, starting from `noise_bnd`, in one jitted scan.
 
     `num_steps` defaults to T (DDPM, ref). Guidance runs the doubled batch only when
-    `guidance_scale != 1` and the model has conditions; scale 1 is the conditional model.
+    `guidance_scale != 1` and the model has conditions; scale 1 is the conditional model. A
+    model trained without condition dropout refuses guidance (`check_guidance`).
     """
+    check_guidance(model.config, guidance_scale)
     graphdef, state = nnx.split(model)
     use_guidance = bool(model.config.conditions) and guidance_scale != 1.0
     if use_guidance and not conditions:
