@@ -172,8 +172,8 @@ def validate_config(config) -> None:
     """This stage's own keys and inputs, before anything is loaded (main calls it before the
     workdir is touched, `run` again at its top)."""
     config_lib.require(
-        config, "vae_checkpoint", lambda v: v in vae_loading.CHECKPOINT_CHOICES,
-        f"choose one of {vae_loading.CHECKPOINT_CHOICES}",
+        config, "vae_checkpoint", lambda v: v in vae_run.CHECKPOINT_KINDS,
+        f"choose one of {vae_run.CHECKPOINT_KINDS}",
     )  # fmt: skip
     config_lib.require(config, "splits", lambda v: "train" in v, "must include train (the scale)")
     for key in ("batch_size", "max_slots", "songs_per_shard"):
