@@ -19,6 +19,8 @@ from phrase_jax.music.events import Bar, Note, Song
 from phrase_jax.stages import evaluate
 
 STEPS = 2
+# The second dataset's chain reuses the first one's compiled programs (same shapes).
+pytestmark = pytest.mark.usefixtures("persistent_compilation_cache")
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,8 @@ from phrase_jax.stages import extract_latents, train_vae
 from phrase_jax.training import checkpointing, sharding, train_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# The second dataset's chain reuses the first one's compiled programs (same shapes).
+pytestmark = pytest.mark.usefixtures("persistent_compilation_cache")
 
 
 def load_config(name: str, arg: str = ""):
