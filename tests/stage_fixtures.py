@@ -1,12 +1,17 @@
 """Tiny stage workdirs for stage tests (sample, evaluate, colab), written directly: untrained
 runlocal-size VAE and LDM checkpoints laid out exactly as the training stages write them
-(training them would take minutes)."""
+(training them would take minutes); and `Prepared`, a prepared data folder with the facts of
+its dataset that stage configs need (conftest.py's `prepared` fixture)."""
 
+import dataclasses
+import functools
 import json
 import pathlib
 
 import pytest
 
+from data_pipelines import sources
+from experiments import demo as demo_experiment
 from phrase_jax import config_lib
 from phrase_jax.artifacts import latents, run_dir
 from phrase_jax.inference import vae_loading
@@ -19,6 +24,41 @@ VAE_STEP, LDM_STEP = 3, 2
 # "cond": the length bucket and the section string together, so one run covers both paths.
 LDM_RUNS = {"uncond": (), "cond": ("length", "sections")}
 SECTION_TYPES = [[("A", 8), ("B", 8), ("i", 4), ("o", 4)]]
+DATASETS = ("chorales", "pop909")  # chorales ship with music21; POP909 only where downloaded
+# As fixture params: the POP909 instances carry the `pop909` mark, like every test needing it.
+DATASET_PARAMS = [
+    pytest.param(d, marks=pytest.mark.pop909) if d == "pop909" else d for d in DATASETS
+]
+# The LDM conditions each dataset can train: chorales carry no section labels.
+LDM_CONDITIONS = {"chorales": "lencond,bars", "pop909": "seccond,bars"}
+# For a test that needs a prepared chain but checks nothing of the data (mesh invariance): it
+# runs once, on the chorales' instance of the module's chain, whatever else is present.
+chorales_only = pytest.mark.parametrize("prepared", ["chorales"], indirect=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A prepared data folder (`dir`) of `dataset` and what stage configs need to know of it."""
+
+    dataset: str
+    dir: str
+
+    @functools.cached_property
+    def slots_per_bar(self) -> int:  # chorales 5 (four voices + bar), POP909 4
+        return int(sources.read_manifest(self.dir)["settings"]["slots_per_bar"])
+
+    @property
+    def max_slots(self) -> int:
+        """The demo's LDM slot budget for this dataset (chorales 32 bars, POP909 128 bars)."""
+        return demo_experiment.DATASET_FACTS[self.dataset]["max_bars"] * self.slots_per_bar
+
+    @property
+    def melody_program(self) -> int:  # the memorisation metric's melody track
+        return demo_experiment.DATASET_FACTS[self.dataset]["melody_program"]
+
+    @property
+    def ldm_conditions(self) -> str:
+        return LDM_CONDITIONS[self.dataset]
 
 
 def load_config(name: str, arg: str = ""):
@@ -49,6 +89,7 @@ def save_tiny_ldm(workdir: pathlib.Path, latents_dir: pathlib.Path, model_condit
     section_vocab = sections.SectionVocab.build(SECTION_TYPES)
     config = load_config("ldm", f"runlocal,seccond,latents.dir={latents_dir}")
     config.model.conditions = tuple(model_conditions)
+    config.model.n_slots = manifest["max_slots"]  # the width the latents were extracted at
     extra = {"latents": provenance, "section_vocab": section_vocab.types}
     json_items = {"config": config.to_dict(), "extra": extra}
     save_fresh_state(config, workdir, train_ldm.build_state_spec, LDM_STEP, json_items)

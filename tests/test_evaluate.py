@@ -1,7 +1,8 @@
-"""The evaluation stage end to end on a tiny chain (5 prepared POP909 songs → untrained runlocal
-VAE → real latent extraction → untrained runlocal LDMs): metrics.json / metrics.md with the
-real, generated, comparison and reported rows, the self-similarity PNG, the real row's PhraseFID
-recomputed from the npz shards, and sets whose metrics are undefined."""
+"""The evaluation stage end to end on a tiny chain (5 prepared songs, Bach chorales and POP909
+when present → untrained runlocal VAE → real latent extraction → untrained runlocal LDMs):
+metrics.json / metrics.md with the real, generated, comparison and reported rows, the
+self-similarity PNG, the real row's PhraseFID recomputed from the npz shards, and sets whose
+metrics are undefined."""
 
 import json
 import math
@@ -9,9 +10,8 @@ import pathlib
 
 import numpy as np
 import pytest
-from stage_fixtures import load_config, save_tiny_ldm, save_tiny_vae
+from stage_fixtures import chorales_only, load_config, save_tiny_ldm, save_tiny_vae
 
-from data_pipelines import prepare
 from phrase_jax import config_lib, main
 from phrase_jax.evaluation import fid, report
 from phrase_jax.generation import generate
@@ -19,19 +19,21 @@ from phrase_jax.music.events import Bar, Note, Song
 from phrase_jax.stages import evaluate
 
 STEPS = 2
+# The second dataset's chain reuses the first one's compiled programs (same shapes).
+pytestmark = pytest.mark.usefixtures("persistent_compilation_cache")
 
 
 @pytest.fixture(scope="module")
-def chain(pop909_dir, tmp_path_factory) -> dict[str, pathlib.Path]:
+def chain(prepared, tmp_path_factory) -> dict[str, pathlib.Path]:
     """5 songs (3 train, 1 valid, 1 test), their latents, an exact-bars LDM and a
     length-bucket + sections LDM on them."""
     root = tmp_path_factory.mktemp("eval_chain")
-    dirs = {name: root / name for name in ("data", "vae", "latents", "ldm_bars", "ldm_cond")}
-    prepare.prepare(
-        "pop909", dirs["data"], input_dir=str(pop909_dir), workers=1, limit=5, log=lambda _: 0
-    )
+    dirs = {name: root / name for name in ("vae", "latents", "ldm_bars", "ldm_cond")}
+    dirs["data"] = pathlib.Path(prepared.dir)
     save_tiny_vae(dirs["vae"])
-    extract = f"runlocal,data.dir={dirs['data']},vae_workdir={dirs['vae']}"
+    extract = (
+        f"runlocal,data.dir={dirs['data']},vae_workdir={dirs['vae']},max_slots={prepared.max_slots}"
+    )
     main.run(load_config("extract", extract), str(dirs["latents"]))
     save_tiny_ldm(dirs["ldm_bars"], dirs["latents"], ("bars",))
     save_tiny_ldm(dirs["ldm_cond"], dirs["latents"], ("length", "sections"))
@@ -42,10 +44,12 @@ def _finite_or_null(value) -> bool:
     return value is None or (isinstance(value, int | float) and math.isfinite(value))
 
 
-def test_stage_writes_metrics_table_and_plot(chain, tmp_path):
+def test_stage_writes_metrics_table_and_plot(chain, prepared, tmp_path):
+    spb = prepared.slots_per_bar
     arg = (
         f"runlocal,ldm_workdir={chain['ldm_bars']},steps={STEPS},"
-        f"compare.ldm_workdir={chain['ldm_cond']},compare.sampler=ddpm"
+        f"compare.ldm_workdir={chain['ldm_cond']},compare.sampler=ddpm,"
+        f"melody_program={prepared.melody_program}"
     )
     main.run(load_config("evaluate", arg), str(tmp_path))
     result = json.loads((tmp_path / evaluate.METRICS_JSON).read_text())
@@ -69,7 +73,7 @@ def test_stage_writes_metrics_table_and_plot(chain, tmp_path):
         songs = []
         for name in manifest["shards"][split]:
             with np.load(chain["latents"] / name) as shard:
-                songs += fid.trim_songs(shard["latents"], shard["n_bars"])
+                songs += fid.trim_songs(shard["latents"], shard["n_bars"], spb)
         return songs
 
     held_out = shard_songs("valid") + shard_songs("test")
@@ -78,7 +82,7 @@ def test_stage_writes_metrics_table_and_plot(chain, tmp_path):
 
     # Exact bars end each generated song at 4 bars; the comparison's length bucket only ends a
     # song at a slot near the [SEP] latent, which an untrained model may never produce.
-    for kind, most_bars in (("generated", 4), ("comparison", 128)):
+    for kind, most_bars in (("generated", 4), ("comparison", prepared.max_slots // spb)):
         generated, info = rows[kind]["metrics"], rows[kind]["info"]
         assert generated["songs"] == 2 and 0 <= generated["mean_n_bars"] <= most_bars
         assert info["bars"] == 4 and 0.0 <= generated["length_bucket_accuracy"] <= 1.0
@@ -147,6 +151,7 @@ def test_evaluate_config_names_the_ldm_run_and_the_comparison():
         load_config("evaluate", "lencond,uncond")
 
 
+@chorales_only
 def test_sampler_fid_rows_compare_each_sampler_with_ddpm(chain):
     from benchmarks import bench_vae, sampler_fid
 

@@ -1,4 +1,5 @@
-"""Dataset preparation: POP909 subset, chorales, bad MIDI input, splits, resumability."""
+"""Dataset preparation: a 6-song subset (Bach chorales, and POP909 when present), chorales, bad
+MIDI input, splits, resumability."""
 
 import json
 import pathlib
@@ -8,6 +9,7 @@ import numpy as np
 import pretty_midi
 import pytest
 from array_record.python import array_record_module
+from stage_fixtures import DATASET_PARAMS
 
 from data_pipelines import datasets, prepare
 from phrase_jax.music import events, vocab
@@ -28,13 +30,19 @@ def _quiet(_message) -> None:
     """Drops prepare's progress lines (the tests read the manifest instead)."""
 
 
-@pytest.fixture(scope="module")
-def pop909_small(pop909_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pop909_small")
-    manifest = prepare.prepare(
-        "pop909", out, input_dir=str(pop909_dir), workers=1, limit=6, log=_quiet
-    )
-    return out, manifest
+# The tracks each dataset's songs keep (POP909: MELODY, BRIDGE, PIANO; chorales: SATB).
+TRACK_PROGRAMS = {"pop909": (13, 25, 0), "chorales": datasets.CHORALE_PROGRAMS}
+
+
+@pytest.fixture(scope="module", params=DATASET_PARAMS)
+def small(request, tmp_path_factory):
+    """(dataset, input_dir, out, manifest) of the first 6 songs, prepared in their own folder
+    (the resumability test re-prepares it)."""
+    dataset = request.param
+    input_dir = str(request.getfixturevalue("pop909_dir")) if dataset == "pop909" else None
+    out = tmp_path_factory.mktemp(f"{dataset}_small")
+    manifest = prepare.prepare(dataset, out, input_dir=input_dir, workers=1, limit=6, log=_quiet)
+    return dataset, input_dir, out, manifest
 
 
 def test_parse_and_fit_section_labels():
@@ -63,16 +71,15 @@ def test_splits_are_deterministic_by_song():
     assert other["valid"] != first["valid"]
 
 
-@pytest.mark.pop909
-def test_pop909_subset_manifest_and_records(pop909_small):
-    out, manifest = pop909_small
+def test_subset_manifest_and_records(small):
+    dataset, input_dir, out, manifest = small
     assert manifest["vocab_sha256"] == vocab.Vocab().sha256
     assert vocab.Vocab.from_json(out / "vocab.json") == vocab.Vocab()
     counts = manifest["counts"]
     assert counts["songs_listed"] == 6 and counts["songs_loaded"] == 6
-    assert manifest["splits"] == prepare.split_songs(
-        ["001", "002", "003", "004", "005", "006"], prepare.OutputSettings()
-    )
+    names = [s.name for s in datasets.get_dataset(dataset).list_sources(input_dir, str(out))][:6]
+    assert dataset != "pop909" or names == ["001", "002", "003", "004", "005", "006"]
+    assert manifest["splits"] == prepare.split_songs(names, prepare.OutputSettings())
     assert manifest["settings"]["quantize_step"] == 3 and manifest["settings"]["seed"] == 42
     for kind in ("phrases", "bars", "songs"):
         for split in ("train", "valid", "test"):
@@ -85,7 +92,7 @@ def test_pop909_subset_manifest_and_records(pop909_small):
     assert sum(p.tolist() == [vocab.BAR_END] for p in phrases) == len(bars)
     assert sum(p.tolist() == [vocab.SEP] for p in phrases) == n_songs
     track = [p for p in phrases if len(p) > 1]
-    assert {int(p[0]) for p in track} <= {vocab.program_id(q) for q in (13, 25, 0)}
+    assert {int(p[0]) for p in track} <= {vocab.program_id(q) for q in TRACK_PROGRAMS[dataset]}
     assert all(b[-1] == vocab.BAR_END for b in bars)
     # 16th-note quantisation: every onset position is a multiple of 3.
     onsets = np.concatenate([b[(b >= vocab.ONSET_BASE) & (b < vocab.PROGRAM_BASE)] for b in bars])
@@ -96,28 +103,30 @@ def test_pop909_subset_manifest_and_records(pop909_small):
         for r in _all_records(out, manifest, "songs", s)
     ]
     assert len(songs) == counts["ldm_songs"] >= 1
+    spb = manifest["settings"]["slots_per_bar"]
+    assert spb == {"pop909": 4, "chorales": 5}[dataset]
     for song in songs:
-        assert len(song["slots"]) == 4 * song["n_bars"] <= 4 * 128
-        assert all(slot == [vocab.BAR_END] for slot in song["slots"][3::4])
-        assert sum(n for _, n in song["sections"]) == song["n_bars"]
+        assert len(song["slots"]) == spb * song["n_bars"] <= spb * 128
+        assert all(slot == [vocab.BAR_END] for slot in song["slots"][spb - 1 :: spb])
+        if dataset == "pop909":  # the chorales carry no section labels
+            assert sum(n for _, n in song["sections"]) == song["n_bars"]
+        else:
+            assert song["sections"] is None
     stats = manifest["token_stats"]
     assert 10 < stats["phrase_tokens"]["p50"] < 60 and 20 < stats["bar_tokens"]["p50"] < 120
 
 
-@pytest.mark.pop909
-def test_rerun_skips_finished_work(pop909_small, pop909_dir):
-    out, manifest = pop909_small
+def test_rerun_skips_finished_work(small):
+    dataset, input_dir, out, manifest = small
     lines = []
-    again = prepare.prepare(
-        "pop909", out, input_dir=str(pop909_dir), workers=1, limit=6, log=lines.append
-    )
+    again = prepare.prepare(dataset, out, input_dir=input_dir, workers=1, limit=6, log=lines.append)
     assert again == manifest and "up to date" in lines[0] and len(lines) == 1
     # Another split seed re-writes shards from the per-song cache without re-processing.
     lines.clear()
     reseeded = prepare.prepare(
-        "pop909",
+        dataset,
         out,
-        input_dir=str(pop909_dir),
+        input_dir=input_dir,
         workers=1,
         limit=6,
         output=prepare.OutputSettings(seed=1),
@@ -125,7 +134,7 @@ def test_rerun_skips_finished_work(pop909_small, pop909_dir):
     )
     assert "6 cached, 0 to process" in lines[0]
     assert reseeded["token_stats"] == manifest["token_stats"]
-    prepare.prepare("pop909", out, input_dir=str(pop909_dir), workers=1, limit=6, log=_quiet)
+    prepare.prepare(dataset, out, input_dir=input_dir, workers=1, limit=6, log=_quiet)
 
 
 def test_chorales_four_voices(tmp_path):

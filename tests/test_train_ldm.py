@@ -1,6 +1,7 @@
 """The LDM training stage: a runlocal chain VAE -> extract -> train-ldm through
-`phrase_jax.main.run` on 4 prepared POP909 songs, kill-and-resume, refusal to resume on other
-latents, mesh invariance of the diffusion loss, and the experiment configs."""
+`phrase_jax.main.run` on 5 prepared songs (Bach chorales, and POP909 when present),
+kill-and-resume, refusal to resume on other latents, mesh invariance of the diffusion loss, and
+the experiment configs."""
 
 import json
 import pathlib
@@ -11,10 +12,10 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
-from jax.experimental.compilation_cache import compilation_cache
 from jax.sharding import AxisType
+from stage_fixtures import chorales_only
 
-from data_pipelines import ldm_pipeline, prepare
+from data_pipelines import ldm_pipeline
 from phrase_jax import config_lib, main
 from phrase_jax.models import dit
 from phrase_jax.music import sections
@@ -22,7 +23,8 @@ from phrase_jax.stages import train_ldm
 from phrase_jax.training import checkpointing, metrics, sharding, train_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-LDM_VARIANT = "seccond,bars,runlocal"  # sections and the exact bar count: every condition path
+# Resumed runs and the second dataset's chain reuse the first run's compiled programs.
+pytestmark = pytest.mark.usefixtures("persistent_compilation_cache")
 
 
 def load_config(name: str, arg: str = ""):
@@ -37,43 +39,23 @@ def _mesh(shape):
     return jax.make_mesh(shape, ("data", "model"), axis_types=(AxisType.Auto,) * 2, devices=devices)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def persistent_compilation_cache(tmp_path_factory):
-    """A persistent compilation cache for this module: a resumed run compiles the very programs
-    of the first run, so its compiles become disk reads (about 40 s less on 2 cores)."""
-    keys = (
-        "jax_compilation_cache_dir",
-        "jax_persistent_cache_min_compile_time_secs",
-        "jax_persistent_cache_min_entry_size_bytes",
-    )
-    previous = {key: getattr(jax.config, key) for key in keys}
-    new = (str(tmp_path_factory.mktemp("jax_cache")), 0.0, 0)
-    for key, value in zip(keys, new, strict=True):
-        jax.config.update(key, value)
-    compilation_cache.reset_cache()  # the cache is set up once per process otherwise
-    yield
-    for key, value in previous.items():
-        jax.config.update(key, value)
-    compilation_cache.reset_cache()
-
-
 @pytest.fixture(scope="module")
-def chain(pop909_dir, tmp_path_factory) -> dict[str, pathlib.Path]:
+def chain(prepared, tmp_path_factory) -> dict[str, pathlib.Path]:
     """runlocal VAE (4 steps) -> latents -> LDM (4 steps), each through `main.run`."""
     root = tmp_path_factory.mktemp("ldm_chain")
-    data = root / "pop909"
-    prepare.prepare("pop909", data, input_dir=str(pop909_dir), workers=1, limit=4, log=lambda _: 0)
-    dirs = {"data": data, "vae": root / "vae", "latents": root / "latents", "ldm": root / "ldm"}
+    data = prepared.dir
+    dirs = {"vae": root / "vae", "latents": root / "latents", "ldm": root / "ldm"}
     main.run(load_config("vae", f"runlocal,data.dir={data},init_from="), str(dirs["vae"]))
-    main.run(
-        load_config("extract", f"runlocal,data.dir={data},vae_workdir={dirs['vae']}"),
-        str(dirs["latents"]),
-    )
-    main.run(ldm_config(dirs["latents"]), str(dirs["ldm"]))
+    extract = f"runlocal,data.dir={data},vae_workdir={dirs['vae']},max_slots={prepared.max_slots}"
+    main.run(load_config("extract", extract), str(dirs["latents"]))
+    main.run(ldm_config(prepared, dirs["latents"]), str(dirs["ldm"]))
     return dirs
 
 
-def ldm_config(latents_dir, extra="", variant=LDM_VARIANT):
+def ldm_config(prepared, latents_dir, extra=""):
+    """The runlocal LDM with the dataset's conditions (POP909: sections and the exact bar count;
+    chorales, without section labels: length bucket and bars) at its slot budget."""
+    variant = f"{prepared.ldm_conditions},runlocal,model.n_slots={prepared.max_slots}"
     return load_config("ldm", f"{variant},latents.dir={latents_dir},{extra}")
 
 
@@ -130,7 +112,7 @@ def test_configs_default_to_the_paper_and_validate():
         load_config("ldm", "tpu")
 
 
-def test_chain_runs_end_to_end(chain):
+def test_chain_runs_end_to_end(chain, prepared):
     workdir = chain["ldm"]
     records = metrics.read_jsonl(workdir / "metrics.jsonl")
     assert [(r["step"], r["split"]) for r in records] == [(2, "train"), (4, "train"), (4, "valid")]
@@ -147,22 +129,26 @@ def test_chain_runs_end_to_end(chain):
         if song["split"] == "train"
         for s in song["sections"] or []
     }
-    assert vocab.types == ["<pad>", "<unk>", *sorted(train_types)] and len(train_types) >= 2
+    assert vocab.types == ["<pad>", "<unk>", *sorted(train_types)]
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["latents"]["dir"] == str(chain["latents"])
-    assert saved["model"]["conditions"] == ["sections", "bars"]
-    _, _, step, saved_json = restore(ldm_config(chain["latents"]), workdir, 4)
+    conditions = {"pop909": ["sections", "bars"], "chorales": ["length", "bars"]}
+    assert saved["model"]["conditions"] == conditions[prepared.dataset]
+    assert saved["model"]["n_slots"] == manifest["max_slots"] == prepared.max_slots
+    if "sections" in saved["model"]["conditions"]:
+        assert len(train_types) >= 2  # the songs' section labels reached the vocabulary
+    _, _, step, saved_json = restore(ldm_config(prepared, chain["latents"]), workdir, 4)
     assert step == 4 and saved_json["extra"]["section_vocab"] == vocab.types
     assert saved_json["extra"]["latents"]["scale"] == manifest["scale"]
 
 
-def test_kill_and_resume_matches_the_uninterrupted_run(chain, tmp_path):
+def test_kill_and_resume_matches_the_uninterrupted_run(chain, prepared, tmp_path):
     # The run checkpointed at steps 2 and 4; drop step 4 as if killed after step 2.
     workdir = tmp_path / "ldm"
     shutil.copytree(chain["ldm"], workdir)
     shutil.rmtree(workdir / "checkpoints" / "4")
     (workdir / "metrics.jsonl").unlink()
-    config = ldm_config(chain["latents"])
+    config = ldm_config(prepared, chain["latents"])
     main.run(config, str(workdir))
     assert [r["step"] for r in metrics.read_jsonl(workdir / "metrics.jsonl")] == [4, 4]
     vocab = sections.SectionVocab.load(workdir / train_ldm.SECTION_VOCAB)
@@ -185,7 +171,7 @@ def test_kill_and_resume_matches_the_uninterrupted_run(chain, tmp_path):
     )
 
 
-def test_resume_refuses_other_latents_or_model(chain, tmp_path):
+def test_resume_refuses_other_latents_or_model(chain, prepared, tmp_path):
     workdir = tmp_path / "ldm"
     shutil.copytree(chain["ldm"], workdir)
     manifest_path = chain["latents"] / "manifest.json"
@@ -195,14 +181,17 @@ def test_resume_refuses_other_latents_or_model(chain, tmp_path):
     (other_latents / "manifest.json").write_text(json.dumps(dict(manifest, scale=2.0)))
     saved_config = (workdir / "config.json").read_bytes()
     with pytest.raises(ValueError, match="trained on other latents"):
-        main.run(ldm_config(other_latents, "total_steps=6"), str(workdir))
+        main.run(ldm_config(prepared, other_latents, "total_steps=6"), str(workdir))
     assert (workdir / "config.json").read_bytes() == saved_config  # a refused run writes none
     with pytest.raises(ValueError, match="model.latent_dim=64 but the latents"):
-        main.run(ldm_config(chain["latents"], "model.latent_dim=64"), str(tmp_path / "new"))
+        main.run(
+            ldm_config(prepared, chain["latents"], "model.latent_dim=64"), str(tmp_path / "new")
+        )
 
 
-def test_ldm_loss_and_gradients_match_across_meshes(chain):
-    config = ldm_config(chain["latents"])
+@chorales_only
+def test_ldm_loss_and_gradients_match_across_meshes(chain, prepared):
+    config = ldm_config(prepared, chain["latents"])
     vocab = sections.SectionVocab.load(chain["ldm"] / train_ldm.SECTION_VOCAB)
     local = next(train_ldm.make_loader(config, "train", vocab, batch_size=8, seed=3))
     loss_fn = train_ldm.make_loss_fn(config.diffusion)
