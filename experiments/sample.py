@@ -17,8 +17,15 @@ steps (CI).
 Options: `sampler` (ddpm | ddim | dpm_solver_pp | dpm_solver_pp_sde, aliases dpmpp, dpmpp_sde),
 `steps`, `guidance_scale` (classifier-free guidance, conditional models), `bars` (0: the
 section total, else 64), `sections` (e.g. i4A8B8o4), `clip` (-1: the manifest's, 0: none),
-`seed`, `tempo`, `ldm_workdir`, `latents_dir` / `vae_workdir` (override the recorded paths of
+`seed`, `tempo`, `programs` (e.g. 0:24,33:32 remaps song program 0 to 24, 33 to 32),
+`wav` (+ `synthesizer` auto | fluidsynth | sine, `sound_font`), `model` (a bundle folder, see
+below), `ldm_workdir`, `latents_dir` / `vae_workdir` (override the recorded paths of
 moved runs).
+
+A bundle (`make export`, `make import-official`) replaces the three runs:
+    python -m phrase_jax.main --config experiments/sample.py:cpu,wav=True,model=BUNDLE \
+        --workdir runs/samples_bundle
+    make sample MODEL=bundles/phrase-ldm-lencond        # DPM-Solver++ SDE-10, .wav on
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ def get_config(arg=None):
     config = ml_collections.ConfigDict()
     config.stage = "sample"
     config.seed = 0
+    config.model = ""  # a bundle folder (make export, make import-official): replaces the runs
     config.ldm_workdir = run_names.run_dir("ldm", chosen.words)
     config.ldm_step = 0  # 0 = the latest checkpoint
     config.use_ema = True  # the EMA weights when the run kept them
@@ -66,6 +74,9 @@ def get_config(arg=None):
     config.tempo = 90.0
     config.piano_roll = True
     config.wav = False  # FluidSynth when pyfluidsynth is installed, else sine tones
+    config.synthesizer = "auto"  # auto | fluidsynth | sine (generation/audio.py)
+    config.sound_font = ""  # "" = $PHRASE_JAX_SOUNDFONT, a system GM font, pretty_midi's
+    config.programs = ""  # remap programs per track, e.g. "0:24,33:32" (song:output, 128 drums)
     config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1)))
 
     for scale in SCALES:

@@ -36,7 +36,9 @@ from ml_collections import config_flags
 from phrase_jax import errors
 
 TRAIN_STAGES = ("train_vae", "train_ldm")
-STAGES = ("prepare", "train_vae", "extract_latents", "train_ldm", "sample", "evaluate")
+STAGES = (
+    "prepare", "train_vae", "extract_latents", "train_ldm", "sample", "evaluate", "export",
+)  # fmt: skip
 VAE_MODES = ("span_infill", "autoencoder", "vae")
 # Keys the training infrastructure reads (training/*.py); stage code may require more.
 TRAIN_KEYS = (
@@ -51,6 +53,7 @@ REQUIRED_KEYS = {
     "extract_latents": ("seed",),
     "sample": ("seed",),
     "evaluate": ("seed",),
+    "export": ("ldm_workdir",),
 }
 
 

@@ -107,6 +107,12 @@ def _evaluate():
     return evaluate
 
 
+def _export():
+    from phrase_jax.stages import export
+
+    return export
+
+
 STAGE_MODULES: dict[str, Callable[[], ModuleType]] = {
     "prepare": _prepare,
     "train_vae": _train_vae,
@@ -114,6 +120,7 @@ STAGE_MODULES: dict[str, Callable[[], ModuleType]] = {
     "train_ldm": _train_ldm,
     "sample": _sample,
     "evaluate": _evaluate,
+    "export": _export,
 }
 
 

@@ -301,3 +301,15 @@ def read_weights(path: str, meta: dict, model: str, *, ema: bool) -> dict[str, n
     if not os.path.exists(file):
         raise errors.UserError(f"{file} not found: the bundle is incomplete; copy it again")
     return safetensors_numpy.load_file(file)
+
+
+def require(config, key: str = "model") -> dict:
+    """The bundle that config `key` names exists and its bundle.json reads (checked before any
+    weights are loaded); returns bundle.json."""
+    path = config.get(key) if hasattr(config, "get") else getattr(config, key)
+    if not os.path.isdir(path):
+        raise errors.UserError(
+            f"config {key}={path}: no such folder; give a bundle folder (make export, "
+            "make import-official)"
+        )
+    return read_meta(path)

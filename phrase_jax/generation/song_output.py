@@ -1,4 +1,5 @@
-"""What the sample stage writes per song (SPEC 6): a .mid, a piano-roll .png, optionally a .wav.
+"""What the sample stage writes per song (SPEC 6): a .mid, a piano-roll .png, optionally a .wav
+(`generation/audio.py`: FluidSynth + a GM sound font when installed, else sine tones).
 
     files, seconds = write_songs(songs, out_dir, tempo=90.0)   # song_000.mid, song_000.png, ...
     audio, rate, method = synthesize(pretty_midi_object)      # for notebooks and WAV files
@@ -11,20 +12,21 @@ from __future__ import annotations
 
 import os
 import time
-import wave
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pretty_midi
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from phrase_jax import errors
 from phrase_jax.artifacts.samples import song_file_stem
+from phrase_jax.generation import audio
 from phrase_jax.music import midi_io
 from phrase_jax.music.events import Song
 
 DRUMS = 128
-AUDIO_RATE = 22050
+AUDIO_RATE = audio.AUDIO_RATE
 # Piano-roll width per bar and its cap, in inches: 128 bars stay readable and under ~4k pixels.
 INCHES_PER_BAR = 0.3
 MAX_WIDTH_INCHES = 40.0
@@ -69,32 +71,10 @@ def piano_roll_figure(song: Song, title: str = "") -> Figure:
 
 
 def synthesize(pm: pretty_midi.PrettyMIDI, rate: int = AUDIO_RATE) -> tuple[np.ndarray, int, str]:
-    """(audio float32 [samples] peaking at 0.9, rate, method) with FluidSynth and pretty_midi's
-    bundled General MIDI sound font when pyfluidsynth is installed, else pretty_midi's sine
-    synthesis (which leaves drums out). An empty song gives one sample of silence."""
-    method = "sine"
-    try:
-        import fluidsynth  # noqa: F401  (pyfluidsynth; pretty_midi uses it when present)
-
-        audio = pm.fluidsynth(fs=rate)
-        method = "fluidsynth"
-    except Exception:  # noqa: BLE001 - no pyfluidsynth, no libfluidsynth or no sound font
-        audio = pm.synthesize(fs=rate)
-    audio = np.asarray(audio, np.float32)
-    if audio.size == 0:
-        return np.zeros(1, np.float32), rate, method
-    peak = float(np.max(np.abs(audio)))
-    return (audio * (0.9 / peak) if peak > 0 else audio), rate, method
-
-
-def write_wav(path: str, audio: np.ndarray, rate: int) -> None:
-    """16-bit mono PCM through the standard library (no scipy or soundfile needed)."""
-    pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")
-    with wave.open(path, "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(rate)
-        f.writeframes(pcm.tobytes())
+    """(audio float32 [samples] peaking at 0.9, rate, synthesizer) as `audio.synthesize` makes
+    it (FluidSynth with a GM sound font when they load, else sine tones): for notebooks."""
+    waveform, method = audio.synthesize(pm, rate=rate)
+    return waveform, rate, method
 
 
 def write_songs(
@@ -104,13 +84,18 @@ def write_songs(
     tempo: float = midi_io.DEFAULT_TEMPO,
     piano_roll: bool = True,
     wav: bool = False,
+    synthesizer: str = "auto",
+    sound_font: str | None = None,
+    programs: Mapping[int, int] | None = None,
     first_index: int = 0,
 ) -> tuple[list[dict[str, str]], dict[str, float]]:
     """Writes song_{i:03d}.mid (+ .png, .wav) for each song into `out_dir`.
 
-    Returns (per song {"midi", "png"?, "wav"?} file names relative to `out_dir`, seconds per
-    phase {"midi_write_s", "png_s", "wav_s"}). Programs come from the songs' own tracks (each
-    decoded phrase starts with its `i-P`); `tempo` sets every bar's tempo.
+    Returns (per song {"midi", "png"?, "wav"?} file names relative to `out_dir` and, with a
+    .wav, "wav_synthesizer": fluidsynth | sine; seconds per phase {"midi_write_s", "png_s",
+    "wav_s"}). Programs come from the songs' own tracks (each decoded phrase starts with its
+    `i-P`), remapped by `programs` (song program -> output program, 128 = drums); `tempo` sets
+    every bar's tempo. `synthesizer` / `sound_font`: as `audio.render_wav`.
     """
     os.makedirs(out_dir, exist_ok=True)
     seconds = {"midi_write_s": 0.0, "png_s": 0.0, "wav_s": 0.0}
@@ -119,7 +104,7 @@ def write_songs(
         stem = song_file_stem(first_index + offset)
         written = {"midi": f"{stem}.mid"}
         started = time.monotonic()
-        pm = midi_io.song_to_midi(song, tempo=tempo)
+        pm = midi_io.song_to_midi(song, tempo=tempo, programs=programs)
         pm.write(os.path.join(out_dir, written["midi"]))
         seconds["midi_write_s"] += time.monotonic() - started
         if piano_roll:
@@ -132,8 +117,29 @@ def write_songs(
         if wav:
             started = time.monotonic()
             written["wav"] = f"{stem}.wav"
-            audio, rate, _ = synthesize(pm)
-            write_wav(os.path.join(out_dir, written["wav"]), audio, rate)
+            written["wav_synthesizer"] = audio.render_wav(
+                pm, os.path.join(out_dir, written["wav"]), synthesizer=synthesizer,
+                sound_font=sound_font,
+            )  # fmt: skip
             seconds["wav_s"] += time.monotonic() - started
         files.append(written)
     return files, {k: round(v, 4) for k, v in seconds.items()}
+
+
+def parse_programs(text: str) -> dict[int, int] | None:
+    """ "0:24,33:32" -> {0: 24, 33: 32} (song program -> output program, 128 = drums); "" ->
+    None (keep the songs' programs)."""
+    if not text.strip():
+        return None
+    mapping = {}
+    for item in text.replace(";", ",").split(","):
+        try:
+            source, target = (int(x) for x in item.split(":"))
+        except ValueError:
+            raise errors.UserError(
+                f"config programs={text!r}: want song:output pairs like 0:24,33:32"
+            ) from None
+        if not (0 <= source <= DRUMS and 0 <= target <= DRUMS):
+            raise errors.UserError(f"config programs={text!r}: programs are 0..127, 128 = drums")
+        mapping[source] = target
+    return mapping

@@ -16,13 +16,15 @@ import dataclasses
 import os
 from typing import NamedTuple
 
+import jax
 import ml_collections
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from phrase_jax.artifacts import latents, ldm_run, run_dir
+from phrase_jax.artifacts import latents, ldm_run, run_dir, vae_run
 from phrase_jax.diffusion import schedules
-from phrase_jax.inference import params, vae_loading
+from phrase_jax.inference import params, pretrained, vae_loading
 from phrase_jax.models import dit
 from phrase_jax.music import sections
 from phrase_jax.training import sharding
@@ -126,3 +128,61 @@ def load_pipeline(
             "decode with the VAE checkpoint the latents came from"
         )
     return SamplingPipeline(ldm, vae, manifest)
+
+
+def load_bundle_pipeline(path: str, mesh: Mesh, *, use_ema: bool = True) -> SamplingPipeline:
+    """A bundle (`artifacts/bundle.py`: `make export` or the official import) as the pipeline
+    `load_pipeline` returns, so `generate` takes either."""
+    loaded = pretrained.load_pretrained(path, use_ema=use_ema, mesh=mesh)
+    return pipeline_from_pretrained(loaded, mesh)
+
+
+def pipeline_from_pretrained(
+    loaded: pretrained.Pretrained, mesh: Mesh | None = None
+) -> SamplingPipeline:
+    """A loaded bundle as a SamplingPipeline: the LoadedLDM/LoadedVAE hold what generation
+    reads (models, schedule, section vocabulary, prediction, max_len; `workdir` is the bundle
+    folder, `step` its recorded training steps, 0 when unknown); the manifest is
+    `loaded.manifest()` plus the bundle's provenance. `mesh`: where the models live (default:
+    the first device, where `load_pretrained` puts them without a mesh)."""
+    if mesh is None:
+        mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), sharding.MESH_AXES)
+    provenance = loaded.meta["provenance"]
+    ldm = LoadedLDM(
+        model=loaded.ldm,
+        config=ml_collections.ConfigDict(
+            {"diffusion": {"prediction": loaded.prediction, "num_steps": loaded.schedule.num_steps}}
+        ),
+        schedule=loaded.schedule,
+        section_vocab=loaded.section_vocab,
+        step=int(provenance.get("ldm_step") or 0),
+        used_ema=loaded.used_ema["ldm"],
+        workdir=loaded.path,
+        latents_provenance=None,
+        mesh=mesh,
+    )
+    vae = vae_loading.LoadedVAE(
+        model=loaded.vae,
+        config=ml_collections.ConfigDict({"data": {"max_len": loaded.max_len}}),
+        config_hash=str(provenance.get("vae_config_hash", "")),
+        checkpoint=vae_run.CheckpointRef(int(provenance.get("vae_step") or 0)),
+        used_ema=loaded.used_ema["vae"],
+        checkpoint_dir=loaded.path,
+    )
+    return SamplingPipeline(ldm, vae, dict(loaded.manifest(), provenance=provenance))
+
+
+def load_configured_pipeline(
+    config, mesh: Mesh, *, guidance_scale: float, sections: str
+) -> SamplingPipeline:
+    """The pipeline a sample/evaluate config names: the bundle `config.model` when set (its
+    refusals checked: guidance without condition dropout, sections without known ids), else
+    the LDM run `config.ldm_workdir` with its latents and VAE."""
+    if config.get("model"):
+        loaded = pretrained.load_pretrained(config.model, use_ema=config.use_ema, mesh=mesh)
+        loaded.check_sampling(guidance_scale=guidance_scale, sections=sections)
+        return pipeline_from_pretrained(loaded, mesh)
+    return load_pipeline(
+        config.ldm_workdir, mesh, ldm_step=config.ldm_step or None, use_ema=config.use_ema,
+        latents_dir=config.latents_dir, vae_workdir=config.vae_workdir,
+    )  # fmt: skip

@@ -4,11 +4,17 @@ samples.json.
     python -m phrase_jax.main --config experiments/sample.py:lencond --workdir runs/samples_lencond
     make sample VARIANT=lencond,cpu
 
+With `model=BUNDLE` (a bundle folder: `make export`, `make import-official`) the bundle replaces
+the three runs below; its refusals (guidance for a model trained without condition dropout,
+sections without known ids) are checked before generating, and samples.json records the bundle
+path and its provenance.
+
 `run(config, workdir)` reads top to bottom: the settings checked → the LDM workdir (config.json,
 section_vocab.json, the checkpoint's EMA weights when kept) → the latents manifest that run
 trained on (scale, clip, special latents, the VAE checkpoint) → that VAE → config.json →
-`generation.generate` → the songs of an earlier run in this folder removed → one .mid and .png
-per song and `samples.json` in the workdir (the output folder; artifacts/samples.py).
+`generation.generate` → the songs of an earlier run in this folder removed → one .mid, .png (and
+.wav with `wav=True`: FluidSynth + a GM sound font when installed, else sine tones) per song
+and `samples.json` in the workdir (the output folder; artifacts/samples.py).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import time
 import jax
 from absl import logging
 
-from phrase_jax.artifacts import ldm_run, run_dir, samples
+from phrase_jax.artifacts import bundle, ldm_run, run_dir, samples
 from phrase_jax.generation import generate, song_output
 from phrase_jax.inference import ldm_loading
 from phrase_jax.training import sharding
@@ -31,7 +37,11 @@ def validate_config(config) -> None:
     """This stage's own keys and the LDM run, before anything is loaded (main calls it before
     the workdir is touched, `run` again at its top)."""
     generate.check_settings(generate.settings_from_config(config))
-    ldm_run.require(config)
+    song_output.parse_programs(config.get("programs", ""))
+    if config.get("model"):
+        bundle.require(config)
+    else:
+        ldm_run.require(config)
 
 
 def run(config, workdir: str) -> dict:
@@ -42,13 +52,8 @@ def run(config, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     settings = generate.settings_from_config(config)
     mesh = sharding.make_mesh(config.mesh)
-    pipeline = ldm_loading.load_pipeline(
-        config.ldm_workdir,
-        mesh,
-        ldm_step=config.ldm_step or None,
-        use_ema=config.use_ema,
-        latents_dir=config.latents_dir,
-        vae_workdir=config.vae_workdir,
+    pipeline = ldm_loading.load_configured_pipeline(
+        config, mesh, guidance_scale=settings.guidance_scale, sections=settings.sections
     )
     ldm, vae = pipeline.ldm, pipeline.vae
     load_s = time.monotonic() - started
@@ -73,18 +78,29 @@ def run(config, workdir: str) -> dict:
             tempo=config.tempo,
             piano_roll=config.piano_roll,
             wav=config.wav,
+            synthesizer=config.get("synthesizer", "auto"),
+            sound_font=config.get("sound_font", "") or None,
+            programs=song_output.parse_programs(config.get("programs", "")),
         )
         for summary, written in zip(stats["songs"], files, strict=True):
-            summary["files"] = written
+            summary["files"] = {k: v for k, v in written.items() if k != "wav_synthesizer"}
+        if config.wav:
+            stats["settings"]["wav_synthesizer"] = sorted({f["wav_synthesizer"] for f in files})
     stats["settings"].update(
         tempo=config.tempo,
-        ldm_workdir=ldm.workdir,
+        programs=config.get("programs", ""),
         ldm_step=ldm.step,
         used_ema=ldm.used_ema,
-        vae_workdir=os.path.abspath(config.vae_workdir or pipeline.manifest["vae_workdir"]),
         vae_step=vae.step,
         latent_scale=pipeline.manifest["scale"],
     )
+    if config.get("model"):
+        stats["settings"].update(model=ldm.workdir, provenance=pipeline.manifest["provenance"])
+    else:
+        stats["settings"].update(
+            ldm_workdir=ldm.workdir,
+            vae_workdir=os.path.abspath(config.vae_workdir or pipeline.manifest["vae_workdir"]),
+        )
     timings = dict(stats["timings"], load_s=round(load_s, 4), **write_seconds)
     timings["total_s"] = round(time.monotonic() - started, 4)
     timings["seconds_per_song"] = round(
