@@ -19,6 +19,8 @@ songs whose slots form the PhraseFID reference set; ref 100), `real_splits` (the
 the latents manifest names). `compare.*` adds a comparison row: another LDM run
 (`compare.ldm_workdir`, same VAE) and/or another `compare.sampler` / `compare.steps` /
 `compare.guidance_scale` (empty, 0 and -1 keep the evaluated row's).
+A bundle replaces the runs: `model=BUNDLE` (`make eval MODEL=...`); its real rows are encoded
+with the bundle's VAE from `data_dir` (default: the data it was exported from).
 """
 
 from __future__ import annotations
@@ -41,12 +43,13 @@ def get_config(arg=None):
     config = ml_collections.ConfigDict()
     config.stage = "evaluate"
     config.seed = 0  # sampling noise and the choice of reference songs
+    config.model = ""  # a bundle folder (make export / import-official): replaces the runs
     config.ldm_workdir = run_names.run_dir("ldm", chosen.words)
     config.ldm_step = 0  # 0 = the latest checkpoint
     config.use_ema = True
     config.latents_dir = ""  # "" = the LDM run's latents.dir
     config.vae_workdir = ""  # "" = the VAE the latents manifest names
-    config.data_dir = ""  # "" = the prepared data the latents manifest names
+    config.data_dir = ""  # "" = the prepared data the latents manifest (or bundle) names
     config.label = ""  # row name of the evaluated LDM ("" = run, step and sampler)
     # Sampling (experiments/sample.py's keys; phrase_jax.stages.sample.SampleSettings).
     config.num_songs = 100  # ref protocol: 20; SPEC 7: at least 100

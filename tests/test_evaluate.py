@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from stage_fixtures import chorales_only, load_config, save_tiny_ldm, save_tiny_vae
 
-from phrase_jax import config_lib, main
+from phrase_jax import config_lib, errors, main
 from phrase_jax.evaluation import fid, report
 from phrase_jax.generation import generate
 from phrase_jax.music.events import Bar, Note, Song
@@ -172,3 +172,33 @@ def test_sampler_fid_rows_compare_each_sampler_with_ddpm(chain):
         assert record["songs"] == 2 and record["bars"] == 4
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
         sampler_fid.compare_samplers(report, str(chain["data"]), plans, num_songs=1, bars=4)
+
+
+def test_a_bundle_is_evaluated_with_real_songs_encoded_by_its_vae(chain, prepared, tmp_path):
+    """`model=BUNDLE`: the exported bars run; its real row is encoded with the bundle's VAE from
+    the prepared songs the bundle names, so it equals the run's row (same VAE weights)."""
+    spb = prepared.slots_per_bar
+    bundle_dir = tmp_path / "bundle"
+    main.run(load_config("export", f"runlocal,ldm_workdir={chain['ldm_bars']}"), str(bundle_dir))
+    arg = f"runlocal,model={bundle_dir},steps={STEPS},melody_program={prepared.melody_program}"
+    main.run(load_config("evaluate", arg), str(tmp_path / "eval"))
+    result = json.loads((tmp_path / "eval" / evaluate.METRICS_JSON).read_text())
+    rows = {row["kind"]: row for row in result["rows"]}
+    assert list(rows) == ["real", "generated"] and result["settings"]["model"] == str(bundle_dir)
+    assert rows["generated"]["metrics"]["songs"] == 2
+    assert rows["generated"]["info"]["ldm_workdir"] == str(bundle_dir)
+    manifest = json.loads((chain["latents"] / "manifest.json").read_text())
+
+    def shard_songs(split):
+        songs = []
+        for name in manifest["shards"][split]:
+            with np.load(chain["latents"] / name) as shard:
+                songs += fid.trim_songs(shard["latents"], shard["n_bars"], spb)
+        return songs
+
+    assert result["reference"]["songs"] == len(shard_songs("train"))
+    expected = fid.phrase_fid(shard_songs("valid") + shard_songs("test"), shard_songs("train"))
+    assert rows["real"]["metrics"]["phrase_fid"] == pytest.approx(expected, rel=1e-3, abs=1e-4)
+    with pytest.raises(errors.UserError, match="data_dir='nowhere'"):
+        main.run(load_config("evaluate", f"runlocal,model={bundle_dir},data_dir=nowhere"),
+                 str(tmp_path / "eval2"))  # fmt: skip

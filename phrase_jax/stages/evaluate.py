@@ -4,6 +4,10 @@
         --workdir runs/eval_lencond_cpu
     make eval VARIANT=lencond,cpu [LDM_WORKDIR=runs/ldm_lencond_cpu] [EVAL_ARGS=num_songs=50]
 
+With `model=BUNDLE` (`make eval MODEL=...`) the bundle replaces the runs: the real rows' latents
+(reference and held-out) are encoded with the bundle's VAE from the prepared songs of `data_dir`
+(default: the data the bundle was exported from).
+
 `run(config, workdir)` reads top to bottom: the LDM, its latents manifest and VAE
 (`ldm_loading.load_pipeline`) → the reference set: all slots of `reference_songs` training songs
 from the latents dir (ref protocol) → the training melodies (the prepared data dir the manifest
@@ -35,8 +39,16 @@ from absl import logging
 
 from data_pipelines import ldm_pipeline, sources
 from phrase_jax import config_lib
-from phrase_jax.artifacts import latents, ldm_run, run_dir
-from phrase_jax.evaluation import fid, generation, memorisation, note_stats, report, structure
+from phrase_jax.artifacts import bundle, latents, ldm_run, run_dir
+from phrase_jax.evaluation import (
+    encoded_songs,
+    fid,
+    generation,
+    memorisation,
+    note_stats,
+    report,
+    structure,
+)
 from phrase_jax.generation import generate
 from phrase_jax.inference import ldm_loading
 from phrase_jax.music import layout
@@ -259,9 +271,29 @@ def validate_config(config) -> None:
     if compared is not None:
         generate.check_settings(compared)
     config_lib.require(config, "reference_songs", lambda v: v >= 1, "must be >= 1")
+    if config.get("model"):
+        bundle_data_dir(config, bundle.require(config)["provenance"])
+        if config.compare.ldm_workdir:
+            raise config_lib.ConfigError(
+                "config compare.ldm_workdir: not with model=BUNDLE (the latent spaces differ); "
+                "compare samplers with compare.sampler / compare.steps"
+            )
+        return
     ldm_run.require(config)
     if config.compare.ldm_workdir:
         ldm_run.require(config, "compare.ldm_workdir")
+
+
+def bundle_data_dir(config, provenance: dict) -> str:
+    """The prepared data whose songs a bundle is measured against: `data_dir`, else the data
+    the bundle was exported from (its provenance), checked to exist."""
+    data_dir = config.data_dir or provenance.get("data") or ""
+    if not data_dir or not os.path.isfile(os.path.join(data_dir, "manifest.json")):
+        raise config_lib.ConfigError(
+            f"config data_dir={data_dir!r}: model=BUNDLE needs prepared songs to compare with "
+            "(make data, then data_dir=data/pop909)"
+        )
+    return os.path.abspath(data_dir)
 
 
 def run(config, workdir: str) -> dict:
@@ -272,14 +304,17 @@ def run(config, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     settings = generate.settings_from_config(config)
     mesh = sharding.make_mesh(config.mesh)
-    pipeline = ldm_loading.load_pipeline(
-        config.ldm_workdir, mesh, ldm_step=config.ldm_step or None, use_ema=config.use_ema,
-        latents_dir=config.latents_dir, vae_workdir=config.vae_workdir,
-    )  # fmt: skip
+    pipeline = ldm_loading.load_configured_pipeline(
+        config, mesh, guidance_scale=settings.guidance_scale, sections=settings.sections
+    )
     manifest = pipeline.manifest
     run_dir.write_config(config, workdir)  # after the runs it reads were found and checked
-    latents_dir = os.path.abspath(config.latents_dir or pipeline.ldm.config.latents.dir)
-    data_dir = os.path.abspath(config.data_dir or manifest["data_dir"])
+    from_bundle = bool(config.get("model"))
+    if from_bundle:
+        latents_dir, data_dir = "", bundle_data_dir(config, manifest["provenance"])
+    else:
+        latents_dir = os.path.abspath(config.latents_dir or pipeline.ldm.config.latents.dir)
+        data_dir = os.path.abspath(config.data_dir or manifest["data_dir"])
     metric_settings = MetricSettings(
         slots_per_bar=int(manifest["slots_per_bar"]),
         fid_orders=tuple(int(n) for n in config.fid_orders),
@@ -291,14 +326,27 @@ def run(config, workdir: str) -> dict:
     timings = {"load_s": time.monotonic() - started}
 
     tick = time.monotonic()
-    train_split = ldm_pipeline.load_split(latents_dir, "train", manifest)
-    reference, reference_names = reference_set(
-        train_split, config.reference_songs, config.seed, spb
-    )
+    if from_bundle:  # the bundle's latent space: real songs encoded with its VAE
+        vae_model, max_len = pipeline.vae.model, int(pipeline.vae.config.data.max_len)
+        reference, reference_names = encoded_songs.reference_latents(
+            vae_model, data_dir, count=config.reference_songs, seed=config.seed,
+            max_len=max_len, slots_per_bar=spb,
+        )  # fmt: skip
+        real_latents, real_songs = encoded_songs.held_out(
+            vae_model, data_dir, config.real_splits, max_len=max_len, slots_per_bar=spb
+        )
+        label = "+".join(config.real_splits)
+        sets = [SongSet(f"real held-out ({label})", "real", real_latents, real_songs,
+                        info={"splits": label, "encoded_with": "the bundle's VAE"})]  # fmt: skip
+    else:
+        train_split = ldm_pipeline.load_split(latents_dir, "train", manifest)
+        reference, reference_names = reference_set(
+            train_split, config.reference_songs, config.seed, spb
+        )
+        sets = [real_set(latents_dir, manifest, data_dir, config.real_splits, spb)]
     melodies = training_melodies(
         data_dir, spb, metric_settings.melody_program, config.memorisation_train_songs
     )
-    sets = [real_set(latents_dir, manifest, data_dir, config.real_splits, spb)]
     timings["real_data_s"] = time.monotonic() - tick
 
     sets.append(_generate_row(pipeline, settings, "generated", config.label))
@@ -335,8 +383,9 @@ def run(config, workdir: str) -> dict:
         "settings": {
             "latents_dir": latents_dir,
             "data_dir": data_dir,
-            "vae_workdir": manifest["vae_workdir"],
+            "vae_workdir": manifest.get("vae_workdir", ""),
             "vae_step": manifest["vae_step"],
+            "model": config.get("model", ""),
             **dataclasses.asdict(metric_settings),
         },
     }
