@@ -95,17 +95,48 @@ clean:
 # experiments/sample.py explains (`make sample VARIANT=lencond,cpu` reads runs/ldm_lencond_cpu);
 # LDM_WORKDIR=DIR reads another run; SAMPLE_ARGS adds options, e.g.
 # SAMPLE_ARGS=num_songs=8,sampler=ddim,steps=100.
+# MODEL=BUNDLE samples a bundle instead (make export, make import-official) into
+# $(RUNS_DIR)/samples_<bundle folder name>, with DPM-Solver++ SDE-10 and a .wav per song
+# (FluidSynth + a GM sound font when installed, else sine tones), e.g.
+# `make sample MODEL=bundles/phrase-ldm-lencond SAMPLE_ARGS=num_songs=8,bars=32`.
 .PHONY: sample
 LDM_WORKDIR ?=
+MODEL ?=
 SAMPLE_ARGS ?=
 _empty :=
 _space := $(_empty) $(_empty)
+BUNDLE_SAMPLING := model=$(abspath $(MODEL)) sampler=dpm_solver_pp_sde steps=10 num_songs=4 \
+	batch_size=4 wav=True
 SAMPLE_CONFIG_ARGS = $(subst $(_space),$(,),$(strip $(VARIANT) \
-	ldm_workdir=$(or $(LDM_WORKDIR),$(call run_dir,ldm)) $(SAMPLE_ARGS)))
+	$(if $(MODEL),$(BUNDLE_SAMPLING),ldm_workdir=$(or $(LDM_WORKDIR),$(call run_dir,ldm))) \
+	$(SAMPLE_ARGS)))
+SAMPLE_OUT = $(if $(MODEL),$(RUNS_DIR)/samples_$(notdir $(abspath $(MODEL))),$(call run_dir,sample))
 
 sample: $(VENV)/.installed
-	$(PY) -m phrase_jax.main --workdir $(call run_dir,sample) \
+	$(PY) -m phrase_jax.main --workdir $(SAMPLE_OUT) \
 		--config experiments/sample.py:$(SAMPLE_CONFIG_ARGS)
+
+# Bundles (issue 12): one folder with the VAE + LDM weights and everything sampling needs.
+# `make export VARIANT=lencond,cpu` writes the bundle of runs/ldm_lencond_cpu (its latents
+# manifest and VAE) into $(RUNS_DIR)/bundle_lencond_cpu, or OUT=DIR; LDM_WORKDIR=DIR exports
+# another run. `make import-official VAE=DIR|REPO LDM=DIR|REPO OUT=DIR` turns the released Hub
+# models (huggingface-cli download folders, or repo ids when huggingface_hub is installed and
+# online) into a bundle; no torch needed.
+.PHONY: export import-official
+OUT ?=
+VAE ?=
+LDM ?=
+EXPORT_CONFIG_ARGS = $(subst $(_space),$(,),$(strip $(VARIANT) \
+	ldm_workdir=$(or $(LDM_WORKDIR),$(call run_dir,ldm))))
+
+export: $(VENV)/.installed
+	$(PY) -m phrase_jax.main --workdir $(or $(OUT),$(call run_dir,export)) \
+		--config experiments/export.py:$(EXPORT_CONFIG_ARGS)
+
+import-official: $(VENV)/.installed
+	@test -n "$(VAE)" -a -n "$(LDM)" -a -n "$(OUT)" || { echo "usage: make import-official \
+VAE=phrase-vae-folder-or-repo LDM=phrase-ldm-folder-or-repo OUT=bundle-folder"; exit 2; }
+	$(PY) -m phrase_jax.interop.official --vae $(VAE) --ldm $(LDM) --out $(OUT)
 
 # Latents and PhraseLDM (SPEC 3-5). `make extract-latents VARIANT=cpu` encodes POP909 with
 # runs/vae_cpu into runs/latents_cpu (rerunning skips a finished extraction);
@@ -130,13 +161,19 @@ train-ldm: $(VENV)/.installed
 # $(RUNS_DIR)/eval_<condition>[_bars][_<scale>]. VARIANT names the LDM run as for `make sample`
 # (`make eval VARIANT=lencond,cpu` reads runs/ldm_lencond_cpu); LDM_WORKDIR=DIR reads another run;
 # EVAL_ARGS adds options, e.g. EVAL_ARGS=num_songs=50,compare.ldm_workdir=runs/ldm_uncond_cpu.
+# MODEL=BUNDLE evaluates a bundle (DPM-Solver++ SDE-10, 20 songs; real songs from the data it was
+# exported from, or EVAL_ARGS=data_dir=data/pop909) into $(RUNS_DIR)/eval_<bundle folder name>.
 .PHONY: eval
 EVAL_ARGS ?=
+BUNDLE_EVAL := model=$(abspath $(MODEL)) sampler=dpm_solver_pp_sde steps=10 num_songs=20 \
+	batch_size=10
 EVAL_CONFIG_ARGS = $(subst $(_space),$(,),$(strip $(VARIANT) \
-	ldm_workdir=$(or $(LDM_WORKDIR),$(call run_dir,ldm)) $(EVAL_ARGS)))
+	$(if $(MODEL),$(BUNDLE_EVAL),ldm_workdir=$(or $(LDM_WORKDIR),$(call run_dir,ldm))) \
+	$(EVAL_ARGS)))
+EVAL_OUT = $(if $(MODEL),$(RUNS_DIR)/eval_$(notdir $(abspath $(MODEL))),$(call run_dir,evaluate))
 
 eval: $(VENV)/.installed
-	$(PY) -m phrase_jax.main --workdir $(call run_dir,evaluate) \
+	$(PY) -m phrase_jax.main --workdir $(EVAL_OUT) \
 		--config experiments/evaluate.py:$(EVAL_CONFIG_ARGS)
 
 # The whole job end to end on this machine (phrase_jax/demo.py; sizes: experiments/demo.py):
