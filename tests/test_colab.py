@@ -1,11 +1,14 @@
-"""experiments/sample_colab.ipynb runs top to bottom (nbclient, a fresh kernel) on a tiny
-runlocal LDM workdir: it shows a piano roll and an audio player and writes the MIDI files."""
+"""experiments/sample_colab.ipynb runs top to bottom (nbclient, a fresh kernel) on a bundle
+exported from a tiny runlocal LDM run: it loads it with `phrase_jax.load_pretrained`, shows a
+piano roll and an audio player per song and writes the MIDI files."""
 
 import pathlib
 
 import nbformat
 from nbclient import NotebookClient
-from test_sample import build_tiny_runs
+from stage_fixtures import build_tiny_runs, load_config
+
+from phrase_jax import main
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "experiments" / "sample_colab.ipynb"
@@ -13,9 +16,11 @@ NOTEBOOK = REPO / "experiments" / "sample_colab.ipynb"
 
 def test_notebook_generates_shows_and_plays_songs(tmp_path, monkeypatch):
     runs = build_tiny_runs(tmp_path / "runs", ldm_runs=("cond",))
+    model = tmp_path / "bundle"
+    main.run(load_config("export", f"runlocal,ldm_workdir={runs['cond']}"), str(model))
     out_dir = tmp_path / "samples"
     # The kernel inherits this environment, the 8 simulated CPU devices of conftest included.
-    for key, value in {"LDM_WORKDIR": runs["cond"], "SAMPLES_DIR": str(out_dir),
+    for key, value in {"MODEL": str(model), "SAMPLES_DIR": str(out_dir),
                        "NUM_SONGS": "2", "BARS": "3", "SAMPLER": "ddpm", "STEPS": "2",
                        "GUIDANCE": "1.5"}.items():  # fmt: skip
         monkeypatch.setenv(f"PHRASE_JAX_{key}", value)
