@@ -86,7 +86,7 @@ def test_sample_stage_reads_a_bundle_and_writes_mid_png_wav(exported, tmp_path):
         assert (tmp_path / files["wav"]).read_bytes()[:4] == b"RIFF"
         assert (tmp_path / files["midi"]).read_bytes()[:4] == b"MThd"
     settings = stats["settings"]
-    assert settings["model"] == exported and settings["wav_synthesizer"] == ["sine"]
+    assert settings["model"] == exported and settings["wav_synthesizer"] == "sine"
     assert settings["provenance"]["ldm_step"] == LDM_STEP and settings["ldm_step"] == LDM_STEP
     assert settings["programs"] == "0:24" and "ldm_workdir" not in settings
 

@@ -3,8 +3,9 @@ bundle's latent space is its own VAE's, so PhraseFID's reference and held-out la
 encoded with that VAE from the prepared songs (a trained run reads them from its latents dir).
 
     reference, names = reference_latents(vae_model, data_dir, count=100, seed=0, max_len=128,
-                                         slots_per_bar=4)
-    latents, songs = held_out(vae_model, data_dir, ("valid", "test"), max_len=128, slots_per_bar=4)
+                                         slots_per_bar=4, max_slots=512)
+    latents, songs = held_out(vae_model, data_dir, ("valid", "test"), max_len=128,
+                              slots_per_bar=4, max_slots=512)
 
 Each distinct phrase is encoded once (a song repeats `[INST]` and `b-1` slots many times), in
 fixed-size batches so one compiled encoder serves all; one process (the models are replicated).
@@ -45,11 +46,25 @@ def encode_slots(
     ]
 
 
+def read_fitting_songs(data_dir: str, split: str, slots_per_bar: int, max_slots: int) -> list:
+    """The prepared songs of `split` that fit the LDM's `max_slots` (the songs latent extraction
+    keeps, so a bundle of our run is measured against the songs its run was)."""
+    songs = sources.read_songs(data_dir, split)
+    return [s for s in songs if s["n_bars"] * slots_per_bar <= max_slots]
+
+
 def reference_latents(
-    vae_model, data_dir: str, *, count: int, seed: int, max_len: int, slots_per_bar: int
+    vae_model,
+    data_dir: str,
+    *,
+    count: int,
+    seed: int,
+    max_len: int,
+    slots_per_bar: int,
+    max_slots: int,
 ) -> tuple[list[np.ndarray], list[str]]:
     """All slots of `count` training songs of `data_dir` (a seeded choice, in file order)."""
-    train = list(sources.read_songs(data_dir, "train"))
+    train = read_fitting_songs(data_dir, "train", slots_per_bar, max_slots)
     if not train:
         raise ValueError(f"{data_dir}: no train songs for the PhraseFID reference")
     rows = np.sort(np.random.default_rng(seed).permutation(len(train))[: min(count, len(train))])
@@ -59,10 +74,19 @@ def reference_latents(
 
 
 def held_out(
-    vae_model, data_dir: str, splits: Sequence[str], *, max_len: int, slots_per_bar: int
+    vae_model,
+    data_dir: str,
+    splits: Sequence[str],
+    *,
+    max_len: int,
+    slots_per_bar: int,
+    max_slots: int,
 ) -> tuple[list[np.ndarray], list[Song]]:
-    """(latents, assembled songs) of every prepared song of `splits`."""
-    records = [song for split in splits for song in sources.read_songs(data_dir, split)]
+    """(latents, assembled songs) of the prepared songs of `splits` that fit `max_slots`."""
+    records = [
+        song for split in splits
+        for song in read_fitting_songs(data_dir, split, slots_per_bar, max_slots)
+    ]  # fmt: skip
     latents = encode_slots(vae_model, records, max_len=max_len, slots_per_bar=slots_per_bar)
     songs = [layout.assemble_song(r["slots"], slots_per_bar, name=r["name"])[0] for r in records]
     return latents, songs

@@ -330,11 +330,12 @@ def run(config, workdir: str) -> dict:
         vae_model, max_len = pipeline.vae.model, int(pipeline.vae.config.data.max_len)
         reference, reference_names = encoded_songs.reference_latents(
             vae_model, data_dir, count=config.reference_songs, seed=config.seed,
-            max_len=max_len, slots_per_bar=spb,
+            max_len=max_len, slots_per_bar=spb, max_slots=int(manifest["max_slots"]),
         )  # fmt: skip
         real_latents, real_songs = encoded_songs.held_out(
-            vae_model, data_dir, config.real_splits, max_len=max_len, slots_per_bar=spb
-        )
+            vae_model, data_dir, config.real_splits, max_len=max_len, slots_per_bar=spb,
+            max_slots=int(manifest["max_slots"]),
+        )  # fmt: skip
         label = "+".join(config.real_splits)
         sets = [SongSet(f"real held-out ({label})", "real", real_latents, real_songs,
                         info={"splits": label, "encoded_with": "the bundle's VAE"})]  # fmt: skip

@@ -85,7 +85,10 @@ def run(config, workdir: str) -> dict:
         for summary, written in zip(stats["songs"], files, strict=True):
             summary["files"] = {k: v for k, v in written.items() if k != "wav_synthesizer"}
         if config.wav:
-            stats["settings"]["wav_synthesizer"] = sorted({f["wav_synthesizer"] for f in files})
+            # One synthesizer per run: FluidSynth loads for every song or for none.
+            stats["settings"]["wav_synthesizer"] = ",".join(
+                sorted({f["wav_synthesizer"] for f in files})
+            )
     stats["settings"].update(
         tempo=config.tempo,
         programs=config.get("programs", ""),
