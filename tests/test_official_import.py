@@ -263,13 +263,11 @@ def test_an_imported_bundle_samples_songs_to_midi_and_wav(bundles, tmp_path):
     ]  # fmt: skip
 
 
-def test_the_stages_sample_and_evaluate_an_imported_bundle(bundles, pop909_dir, tmp_path):
-    """`make sample MODEL=...` / `make eval MODEL=...` on imported bundles: the tiny lencond one
-    writes .mid/.png/.wav; guidance and the seccond bundle are one-line refusals before any
-    sampling; the evaluation encodes real songs with the imported VAE."""
+def test_the_sample_stage_reads_an_imported_bundle(bundles, tmp_path):
+    """`make sample MODEL=...` on imported bundles: the tiny lencond one writes .mid/.png/.wav;
+    guidance and the seccond bundle are one-line refusals before any sampling."""
     from stage_fixtures import load_config
 
-    from data_pipelines import prepare
     from phrase_jax import main
 
     model = bundles["lencond"]
@@ -283,11 +281,3 @@ def test_the_stages_sample_and_evaluate_an_imported_bundle(bundles, pop909_dir, 
     with pytest.raises(errors.UserError, match="section") as refused:
         main.run(load_config("sample", f"runlocal,model={bundles['seccond']}"), str(tmp_path / "n"))
     assert "\n" not in str(refused.value)
-
-    data = tmp_path / "data"
-    prepare.prepare("pop909", data, input_dir=str(pop909_dir), workers=1, limit=5,
-                    log=lambda _: 0)  # fmt: skip
-    arg = f"runlocal,model={model},data_dir={data},sampler=dpm_solver_pp_sde,steps=2,bars=3"
-    main.run(load_config("evaluate", arg), str(tmp_path / "eval"))
-    metrics = (tmp_path / "eval" / "metrics.json").read_text()
-    assert '"phrase_fid"' in metrics and str(model) in metrics

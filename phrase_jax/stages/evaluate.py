@@ -272,7 +272,7 @@ def validate_config(config) -> None:
         generate.check_settings(compared)
     config_lib.require(config, "reference_songs", lambda v: v >= 1, "must be >= 1")
     if config.get("model"):
-        bundle_data_dir(config, bundle.require(config)["provenance"])
+        bundle_data_dir(config, bundle.require(config))
         if config.compare.ldm_workdir:
             raise config_lib.ConfigError(
                 "config compare.ldm_workdir: not with model=BUNDLE (the latent spaces differ); "
@@ -284,14 +284,21 @@ def validate_config(config) -> None:
         ldm_run.require(config, "compare.ldm_workdir")
 
 
-def bundle_data_dir(config, provenance: dict) -> str:
+def bundle_data_dir(config, bundle_meta: dict) -> str:
     """The prepared data whose songs a bundle is measured against: `data_dir`, else the data
-    the bundle was exported from (its provenance), checked to exist."""
-    data_dir = config.data_dir or provenance.get("data") or ""
+    the bundle was exported from (its provenance), checked to exist and to have the bundle's
+    slots per bar."""
+    data_dir = config.data_dir or bundle_meta["provenance"].get("data") or ""
     if not data_dir or not os.path.isfile(os.path.join(data_dir, "manifest.json")):
         raise config_lib.ConfigError(
             f"config data_dir={data_dir!r}: model=BUNDLE needs prepared songs to compare with "
             "(make data, then data_dir=data/pop909)"
+        )
+    slots_per_bar = sources.read_manifest(data_dir)["settings"]["slots_per_bar"]
+    if slots_per_bar != bundle_meta["latents"]["slots_per_bar"]:
+        raise config_lib.ConfigError(
+            f"config data_dir={data_dir}: {slots_per_bar} slots per bar, the bundle's model "
+            f"{bundle_meta['latents']['slots_per_bar']}; give data prepared for that model"
         )
     return os.path.abspath(data_dir)
 
@@ -311,7 +318,7 @@ def run(config, workdir: str) -> dict:
     run_dir.write_config(config, workdir)  # after the runs it reads were found and checked
     from_bundle = bool(config.get("model"))
     if from_bundle:
-        latents_dir, data_dir = "", bundle_data_dir(config, manifest["provenance"])
+        latents_dir, data_dir = "", bundle_data_dir(config, bundle.read_meta(config.model))
     else:
         latents_dir = os.path.abspath(config.latents_dir or pipeline.ldm.config.latents.dir)
         data_dir = os.path.abspath(config.data_dir or manifest["data_dir"])
