@@ -13,11 +13,11 @@ pytest.importorskip("huggingface_hub")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import official_standins  # noqa: E402
 from diffusers.models.embeddings import get_1d_rotary_pos_embed  # noqa: E402
 from safetensors import numpy as safetensors_numpy  # noqa: E402
 
 import phrase_jax  # noqa: E402
+from benchmarks import official_standins  # noqa: E402
 from data_pipelines import transforms  # noqa: E402
 from phrase_jax import errors  # noqa: E402
 from phrase_jax.diffusion import samplers  # noqa: E402
