@@ -67,7 +67,7 @@ def _peak_rss_mb() -> float:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024.0  # kB
     except (OSError, ValueError, IndexError):
-        pass
+        pass  # no /proc/self/status (not Linux): ru_maxrss is the best measure left
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
