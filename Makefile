@@ -12,6 +12,9 @@ WORKERS ?= $(shell nproc)
 # Tests and CI simulate 8 devices so every sharding path runs on a CPU-only machine.
 TEST_ENV := XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu
 PYTEST_ARGS ?=
+# Two pytest workers, one test file each at a time (module fixtures stay shared within a file):
+# XLA compiles on one thread, and the suite is mostly compiles, so two workers use both cores.
+TEST_WORKERS ?= 2
 
 .PHONY: install install-parity test lint format data data-chorales bench clean train-vae
 
@@ -31,7 +34,7 @@ install: $(VENV)/.installed
 install-parity: $(VENV)/.installed-parity
 
 test: $(VENV)/.installed-parity
-	$(TEST_ENV) POP909_DIR=$(POP909_DIR) $(PY) -m pytest -q -rs $(PYTEST_ARGS) tests
+	$(TEST_ENV) POP909_DIR=$(POP909_DIR) $(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check phrase_jax data_pipelines experiments tests benchmarks

@@ -167,6 +167,7 @@ def test_scale_and_clip_are_recomputed_from_the_train_shards(latents_dir, prepar
     assert manifest["clip"] == pytest.approx(clip, rel=1e-6)
 
 
+@chorales_only
 def test_rerun_skips_and_a_new_vae_step_re_extracts(prepared, vae_workdir, tmp_path):
     workdir = tmp_path / "latents"
     config = extract_config(prepared, vae_workdir)
@@ -262,6 +263,7 @@ def test_ldm_batches_are_scaled_latents_with_sections(latents_dir, prepared):
     assert set(without) == {"latents", "n_bars"}  # no vocabulary: no section arrays
 
 
+@chorales_only
 def test_ldm_pipeline_is_deterministic_and_restores(latents_dir):
     def loader(seed):
         return ldm_pipeline.make_ldm_loader(
@@ -286,6 +288,7 @@ def test_ldm_pipeline_is_deterministic_and_restores(latents_dir):
         np.testing.assert_array_equal(a, b)
 
 
+@chorales_only
 def test_ldm_pipeline_rejects_bad_input(latents_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="extract the latents first"):
         ldm_pipeline.make_ldm_dataset(tmp_path, "train", batch_size=2, seed=0)

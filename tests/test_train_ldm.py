@@ -142,6 +142,7 @@ def test_chain_runs_end_to_end(chain, prepared):
     assert saved_json["extra"]["latents"]["scale"] == manifest["scale"]
 
 
+@chorales_only
 def test_kill_and_resume_matches_the_uninterrupted_run(chain, prepared, tmp_path):
     # The run checkpointed at steps 2 and 4; drop step 4 as if killed after step 2.
     workdir = tmp_path / "ldm"
@@ -171,6 +172,7 @@ def test_kill_and_resume_matches_the_uninterrupted_run(chain, prepared, tmp_path
     )
 
 
+@chorales_only
 def test_resume_refuses_other_latents_or_model(chain, prepared, tmp_path):
     workdir = tmp_path / "ldm"
     shutil.copytree(chain["ldm"], workdir)

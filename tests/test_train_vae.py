@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import AxisType
+from stage_fixtures import chorales_only
 
 from phrase_jax import config_lib, errors, main
 from phrase_jax.evaluation import vae_validation
@@ -107,6 +108,7 @@ def test_three_stages_run_end_to_end(chain):
             assert "f1_op" not in valid[0]
 
 
+@chorales_only
 def test_warm_start_copies_matching_params_and_names_the_new_ones(chain, data_dir):
     config = load_config("vae", f"runlocal,data.dir={data_dir},init_from={chain['vae_ae']}")
     mesh = sharding.make_mesh(config.mesh)
@@ -128,6 +130,7 @@ def test_warm_start_copies_matching_params_and_names_the_new_ones(chain, data_di
         train_vae.warm_start(missing, spec, state, mesh)
 
 
+@chorales_only
 def test_kill_and_resume_matches_the_uninterrupted_run(chain, data_dir, tmp_path, monkeypatch):
     # The stage-2 run checkpointed at steps 2 and 4; drop step 4 as if killed after step 2
     # (metrics.jsonl keeps the step-4 rows that run logged: the resume must not repeat them).
@@ -176,6 +179,7 @@ def test_kill_and_resume_matches_the_uninterrupted_run(chain, data_dir, tmp_path
     assert started_step == 2
 
 
+@chorales_only
 def test_eval_mode_writes_metrics_of_the_latest_checkpoint(chain, data_dir):
     config = load_config("vae", f"runlocal,data.dir={data_dir},mode=eval")
     main.run(config, str(chain["vae"]))
