@@ -21,6 +21,20 @@ from data_pipelines import prepare  # noqa: E402
 # Grain worker processes and library code may touch absl flags; tests never parse argv.
 flags.FLAGS.mark_as_parsed()
 
+# The files that train or load whole stage chains, longest first. `make test` runs two xdist
+# workers that take one file at a time in collection order: starting with the long files lets
+# the short ones fill the gaps at the end instead of one worker finishing a chain alone.
+LONGEST_FIRST = (
+    "test_train_vae.py", "test_train_ldm.py", "test_extract_latents.py", "test_evaluate.py",
+    "test_demo.py", "test_official_import.py", "test_multihost.py", "test_sample.py",
+    "test_export.py", "test_colab.py", "test_prepare_fuzz.py", "test_prepare_stage.py",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files keep order
+
 
 def _pop909_dir() -> pathlib.Path | None:
     path = os.environ.get("POP909_DIR")
