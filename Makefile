@@ -76,7 +76,8 @@ train-vae: $(VENV)/.installed $(DATA_DIR)/pop909/manifest.json
 		--config experiments/vae.py:$(VARIANT)$(,)$(DATA_ARG),init_from=$(call run_dir,vae_ae)
 
 # Pipeline throughput (prepares the data first when it is missing), then PhraseVAE train-step
-# and greedy-decode speed on this machine; `make bench BENCH_VAE_ARGS=--reference` also times
+# and greedy-decode speed on this machine and an epoch's non-pad tokens/s padded to 128 vs in
+# length buckets; `make bench BENCH_VAE_ARGS=--reference` also times
 # the PyTorch reference in the same process (needs `make install-parity`). Then PhraseLDM train
 # step, denoising step and one 128-bar song end to end (per sampler), also on the trained
 # $(RUNS_DIR)/ldm_lencond_cpu when it exists; the samplers' PhraseFID on that run with
@@ -86,7 +87,8 @@ BENCH_LDM_ARGS ?=
 bench: $(VENV)/.installed
 	test -f $(DATA_DIR)/pop909/manifest.json || $(MAKE) data
 	$(PY) -m benchmarks.bench_pipelines --data_dir $(DATA_DIR)/pop909
-	$(PY) -m benchmarks.bench_vae --json $(RUNS_DIR)/bench_vae.jsonl $(BENCH_VAE_ARGS)
+	$(PY) -m benchmarks.bench_vae --json $(RUNS_DIR)/bench_vae.jsonl \
+		--data_dir $(DATA_DIR)/pop909 $(BENCH_VAE_ARGS)
 	$(PY) -m benchmarks.bench_ldm --json $(RUNS_DIR)/bench_ldm.jsonl \
 		--trained_ldm_workdir $(RUNS_DIR)/ldm_lencond_cpu $(BENCH_LDM_ARGS)
 

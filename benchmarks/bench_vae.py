@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_vae [--reference] [--json runs/bench_vae.jsonl] [--runs 3]
         [--batch_size 32] [--length 64] [--phrases 512] [--decode_lengths 64,128]
-        [--chunk_size N] [--skip train|decode]
+        [--chunk_size N] [--skip train|decode|padding] [--data_dir data/pop909]
 
 The paper model (`VAEConfig()` defaults, 14.29 M parameters, fp32) on the first local device:
 - train step: the real jitted step of `phrase_jax.training` (AdamW lr 1e-4 wd 1e-3, dropout,
@@ -11,7 +11,9 @@ The paper model (`VAEConfig()` defaults, 14.29 M parameters, fp32) on the first 
 - greedy decode: 512 latents (one song) at 64 and 128 max tokens. Random latents through an
   untrained model rarely end every row early, so the loop runs its full length; the printed
   `steps` column says how many positions the loop really decoded;
-- peak RSS of the process (the CPU backend keeps no device memory statistics).
+- peak RSS of the process (the CPU backend keeps no device memory statistics);
+- with `--data_dir`: an epoch of its train phrases padded to 128 vs in length buckets,
+  non-pad tokens per second of each (benchmarks/bench_vae_padding.py).
 Each time is the median of `--runs` runs after one warm-up call; the warm-up (compilation plus
 one run) is printed apart. `--reference` also times the PyTorch layout (transformers T5 +
 bottleneck) in this process on the same weights and batch, for a same-session comparison; the
@@ -174,11 +176,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--phrases", type=int, default=512, help="latents decoded together")
     parser.add_argument("--decode_lengths", default="64,128")
     parser.add_argument("--chunk_size", type=int, default=0, help="0: one batch of --phrases")
-    parser.add_argument("--skip", default="", help="comma list of: train, decode")
+    parser.add_argument("--skip", default="", help="comma list of: train, decode, padding")
+    parser.add_argument(
+        "--data_dir", default="", help="prepared POP909: non-pad tokens/s, fixed vs buckets"
+    )
+    parser.add_argument(
+        "--bucket_tokens", type=int, default=0, help="positions a bucketed batch (0: the config's)"
+    )
     args = parser.parse_args(argv)
-    unknown = set(filter(None, args.skip.split(","))) - {"train", "decode"}
+    unknown = set(filter(None, args.skip.split(","))) - {"train", "decode", "padding"}
     if unknown:
-        parser.error(f"--skip {args.skip!r}: unknown parts {sorted(unknown)}; use train, decode")
+        parser.error(
+            f"--skip {args.skip!r}: unknown parts {sorted(unknown)}; use train, decode, padding"
+        )
     return args
 
 
@@ -227,6 +237,12 @@ def main(argv=None, *, config: vae.VAEConfig | None = None) -> list[dict]:
             reference_s if args.batch_size == 32 else None,
             tokens_per_s=round(tokens / timing.median_s),
             batch=f"{args.batch_size}x{args.length}+{args.length}",
+        )
+    if args.data_dir and "padding" not in skip:
+        from benchmarks import bench_vae_padding
+
+        bench_vae_padding.run(
+            report, args.data_dir, config=config, runs=args.runs, tokens=args.bucket_tokens
         )
     z_bl = np.asarray(jax.random.normal(jax.random.key(1), (args.phrases, config.latent_dim)))
     decoded = {}

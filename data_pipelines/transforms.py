@@ -31,11 +31,15 @@ def _padded(parts: list, max_len: int) -> tuple[np.ndarray, np.ndarray]:
     return out, mask
 
 
-def seq2seq_example(encoder_body, clean, encoder_prefix, max_len: int) -> dict[str, np.ndarray]:
-    """Builds the five arrays [max_len] from an encoder body and the clean target sequence."""
+def seq2seq_example(
+    encoder_body, clean, encoder_prefix, max_len: int, decoder_len: int | None = None
+) -> dict[str, np.ndarray]:
+    """Builds the five arrays from an encoder body and the clean target sequence: encoder
+    [max_len], decoder [decoder_len] (default max_len)."""
+    decoder_len = max_len if decoder_len is None else decoder_len
     encoder_ids, encoder_mask = _padded([encoder_prefix, encoder_body, [vocab.EOS]], max_len)
-    decoder_inputs, decoder_mask = _padded([[vocab.BOS], clean], max_len)
-    decoder_targets, _ = _padded([clean, [vocab.EOS]], max_len)
+    decoder_inputs, decoder_mask = _padded([[vocab.BOS], clean], decoder_len)
+    decoder_targets, _ = _padded([clean, [vocab.EOS]], decoder_len)
     return {
         "encoder_ids": encoder_ids,
         "encoder_mask": encoder_mask,
@@ -68,10 +72,14 @@ def span_corrupt(
     return np.array([tokens[i] if i >= 0 else vocab.MASK for i in sequence], np.int32)
 
 
-def phrase_example(tokens: np.ndarray, max_len: int) -> dict[str, np.ndarray]:
-    """One phrase [L] -> the five arrays [max_len] (cut to fit, still ending in [EOS])."""
+def phrase_example(tokens: np.ndarray, max_len: int, *, short_decoder: bool = False):
+    """One phrase [L] -> the five arrays [max_len] (cut to fit, still ending in [EOS]).
+
+    `short_decoder`: the decoder arrays get max_len - 5 positions, all that the phrase can
+    fill (the encoder also holds the 4 query tokens and [BOS]); bucketed batches use it."""
     phrase = np.asarray(tokens, np.int32)[: max_len - len(PHRASE_PREFIX) - 1]
-    return seq2seq_example(phrase, phrase, PHRASE_PREFIX, max_len)
+    decoder_len = max_len - len(PHRASE_PREFIX) if short_decoder else max_len
+    return seq2seq_example(phrase, phrase, PHRASE_PREFIX, max_len, decoder_len)
 
 
 def span_infill_example(
@@ -84,8 +92,12 @@ def span_infill_example(
     return seq2seq_example(corrupted, bar, [vocab.BOS], max_len)
 
 
-def _stack(examples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {key: np.stack([ex[key] for ex in examples]) for key in examples[0]}
+def _stack(examples: list[dict[str, np.ndarray]], real: np.ndarray) -> dict[str, np.ndarray]:
+    """Stacks the examples; rows with `real` False (a bucket's fill rows) get no decoder mask,
+    so they add no loss, no KL and no token count."""
+    batch = {key: np.stack([ex[key] for ex in examples]) for key in examples[0]}
+    batch["decoder_mask"] &= np.asarray(real, bool)[:, None]
+    return batch
 
 
 class _BatchReader:
@@ -95,11 +107,25 @@ class _BatchReader:
     a record, so the pipeline batches *indices* and reads each batch at once.
     """
 
-    def __init__(self, source, max_len: int, local: slice = slice(None)):
+    def __init__(self, source, max_len: int, shard: tuple[int, int] = (0, 1)):
         if max_len < len(PHRASE_PREFIX) + 2:
             raise ValueError(f"max_len must be >= {len(PHRASE_PREFIX) + 2}, got {max_len}")
-        # `local` picks this process's rows of the global batch of indices.
-        self.source, self.max_len, self.local = source, max_len, local
+        # shard = (this process, process count): which equal slice of each global batch of
+        # indices this process reads.
+        self.source, self.max_len, self.shard = source, max_len, shard
+
+    def local(self, global_rows: int) -> slice:
+        """This process's rows of a global batch of `global_rows`."""
+        index, count = self.shard
+        rows = global_rows // count
+        return slice(index * rows, (index + 1) * rows)
+
+    def rows(self, element) -> tuple[np.ndarray, np.ndarray, int]:
+        """(global record indices [G], real [G], padded length) of a batch element: an index
+        array (fixed padding to max_len) or a `length_buckets.BucketPlan` batch."""
+        if isinstance(element, dict):
+            return np.asarray(element["indices"]), element["real"], int(element["length"])
+        return np.asarray(element), np.ones(len(element), bool), self.max_len
 
     def read(self, indices: np.ndarray) -> list[np.ndarray]:
         records = self.source.__getitems__([int(i) for i in np.asarray(indices).ravel()])
@@ -107,14 +133,22 @@ class _BatchReader:
 
 
 class PhraseBatch(_BatchReader, grain.transforms.Map):
-    """Record indices [B] -> phrase batch: five arrays [B, max_len] (module docstring)."""
+    """Record indices [G] (or a bucket plan's batch) -> this process's phrase batch: five
+    arrays [B, max_len] (module docstring), or for a bucket of length L encoder [B, L] and
+    decoder [B, L - 5]."""
 
-    def map(self, element: np.ndarray) -> dict[str, np.ndarray]:
-        return _stack([phrase_example(t, self.max_len) for t in self.read(element[self.local])])
+    def map(self, element) -> dict[str, np.ndarray]:
+        indices, real, length = self.rows(element)
+        local = self.local(len(indices))
+        tokens = self.read(indices[local])
+        bucketed = isinstance(element, dict)
+        examples = [phrase_example(t, length, short_decoder=bucketed) for t in tokens]
+        return _stack(examples, real[local])
 
 
 class SpanInfillBatch(_BatchReader, grain.transforms.RandomMap):
-    """Global record indices [G] -> this process's span-infill batch [B, max_len].
+    """Global record indices [G] (or a bucket plan's batch) -> this process's span-infill
+    batch [B, L].
 
     Grain's rng for this batch position draws one seed per *global* row, so a record's
     corruption depends only on the seed and its place in the global batch: the same whatever
@@ -126,21 +160,24 @@ class SpanInfillBatch(_BatchReader, grain.transforms.RandomMap):
         max_len: int = 128,
         ratio: float = 0.3,
         mean_span: float = 3.0,
-        local: slice = slice(None),
+        shard: tuple[int, int] = (0, 1),
     ):
-        super().__init__(source, max_len, local)
+        super().__init__(source, max_len, shard)
         if not 0.0 <= ratio <= 1.0 or mean_span < 0:
             raise ValueError(f"need 0 <= ratio <= 1 and mean_span >= 0, got {ratio}, {mean_span}")
         self.ratio, self.mean_span = ratio, mean_span
 
-    def random_map(self, element: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        seeds = rng.integers(0, 2**63 - 1, size=len(element))[self.local]
-        tokens = self.read(element[self.local])
+    def random_map(self, element, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        indices, real, length = self.rows(element)
+        local = self.local(len(indices))
+        seeds = rng.integers(0, 2**63 - 1, size=len(indices))[local]
+        tokens = self.read(indices[local])
         return _stack(
             [
                 span_infill_example(
-                    t, np.random.default_rng(seed), self.max_len, self.ratio, self.mean_span
+                    t, np.random.default_rng(seed), length, self.ratio, self.mean_span
                 )
                 for t, seed in zip(tokens, seeds, strict=True)
-            ]
+            ],
+            real[local],
         )

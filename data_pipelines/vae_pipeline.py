@@ -14,14 +14,22 @@ position) -> optional multiprocess prefetch. So the global batch depends only on
 its position: never on the worker or process count, and every process runs the same number
 of batches. B is the per-process batch; the trainer assembles
 the global array (`jax.make_array_from_process_local_data`).
+
+With `bucketing` (a `length_buckets.Bucketing`; the trainer's default at paper and cpu scale)
+the batches come from a `length_buckets.BucketPlan` instead: L is one of a few bucket lengths,
+the global batch size depends on L (about `tokens_per_batch` positions a batch), one-token
+phrases are sampled at `special_rate`; `batch_size` is then unused. The rest (process slices,
+per-row corruption seeds, checkpointable position) is the same.
 """
 
 from __future__ import annotations
 
+import math
+
 import grain
 from absl import logging
 
-from data_pipelines import sources, transforms
+from data_pipelines import length_buckets, sources, transforms
 
 
 def make_vae_dataset(
@@ -38,6 +46,7 @@ def make_vae_dataset(
     num_epochs: int | None = None,
     mask_ratio: float = 0.3,
     mean_span: float = 3.0,
+    bucketing: length_buckets.Bucketing | None = None,
 ) -> grain.MapDataset:
     """The batched MapDataset (random access: `ds[i]` is batch i). `num_epochs` None repeats
     forever; `kind` is `phrases` (PhraseBatch) or `bars` (SpanInfillBatch)."""
@@ -46,6 +55,13 @@ def make_vae_dataset(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     source = sources.token_source(data_dir, kind, split)
+    shard = (shard_index, shard_count)
+    if bucketing is not None:
+        if not shuffle:
+            raise ValueError("length-bucketed batches are always shuffled; pass shuffle=True")
+        plan = bucket_plan(source, kind, bucketing, max_len, seed, shard_count, num_epochs)
+        ds = grain.MapDataset.source(plan).seed(seed)  # the seed: span corruption's
+        return _batched(ds, kind, source, max_len, mask_ratio, mean_span, shard)
     # The pipeline runs over record *indices*; each batch of indices is read in one call.
     ds = grain.MapDataset.range(len(source))
     global_batch = batch_size * shard_count
@@ -58,10 +74,47 @@ def make_vae_dataset(
     if shuffle:
         ds = ds.shuffle()
     ds = ds.repeat(num_epochs).batch(global_batch, drop_remainder=True)
-    local = slice(shard_index * batch_size, (shard_index + 1) * batch_size)
+    return _batched(ds, kind, source, max_len, mask_ratio, mean_span, shard)
+
+
+def _batched(ds, kind, source, max_len, mask_ratio, mean_span, shard) -> grain.MapDataset:
+    """`ds` of global index batches -> this process's VAE batches."""
     if kind == "phrases":
-        return ds.map(transforms.PhraseBatch(source, max_len, local))
-    return ds.random_map(transforms.SpanInfillBatch(source, max_len, mask_ratio, mean_span, local))
+        return ds.map(transforms.PhraseBatch(source, max_len, shard))
+    return ds.random_map(transforms.SpanInfillBatch(source, max_len, mask_ratio, mean_span, shard))
+
+
+def bucket_plan(
+    source, kind, bucketing, max_len, seed, shard_count, num_epochs
+) -> length_buckets.BucketPlan:
+    """The BucketPlan of `source`'s records; every global batch splits over the processes."""
+    if bucketing.lengths[-1] != max_len:
+        raise ValueError(
+            f"the last length bucket must be max_len={max_len}, got {bucketing.lengths}"
+        )
+    lengths = length_buckets.record_lengths(source)
+    plan = length_buckets.BucketPlan.build(
+        lengths,
+        kind,
+        buckets=bucketing.lengths,
+        tokens_per_batch=bucketing.tokens_per_batch,
+        batch_multiple=math.lcm(bucketing.batch_multiple, shard_count),
+        seed=seed,
+        special_rate=bucketing.special_rate,
+        num_epochs=num_epochs,
+    )
+    logging.info(
+        "%s: %d length buckets (global rows x length) %s, %d batches an epoch, %.1f%% of the "
+        "computed positions padding (%.1f%% padded to max_len %d)",
+        kind,
+        len(plan.shapes()),
+        plan.shapes(),
+        plan.batches_per_epoch,
+        100 * length_buckets.padding_fraction(plan, lengths, kind, max_len),
+        100 * length_buckets.padding_fraction(None, lengths, kind, max_len),
+        max_len,
+    )
+    return plan
 
 
 def make_vae_loader(
@@ -81,6 +134,7 @@ def make_vae_loader(
     mean_span: float = 3.0,
     num_threads: int = 4,
     worker_buffer_size: int = 2,
+    bucketing: length_buckets.Bucketing | None = None,
 ) -> grain.DatasetIterator:
     """A checkpointable iterator of per-process batches (shapes in the module docstring).
 
@@ -105,6 +159,7 @@ def make_vae_loader(
         num_epochs=num_epochs,
         mask_ratio=mask_ratio,
         mean_span=mean_span,
+        bucketing=bucketing,
     )
     truncated = sources.truncation_count(data_dir, kind, split, max_len)
     if truncated:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from benchmarks import bench_vae, common
+from experiments import vae_common
 from phrase_jax.models import vae
 from phrase_jax.music.vocab import BOS, COMPRESS_QUERIES, EOS, PAD
 
@@ -134,3 +135,23 @@ def test_first_argmax_matches_jnp_argmax_with_ties_and_nan():
     assert ours.dtype == np.int32
     np.testing.assert_array_equal(ours, np.asarray(jnp.argmax(jnp.asarray(logits), axis=-1)))
     assert ours[1] == 7 and ours[2] == 3 and ours[3] == 0
+
+
+def test_non_pad_tokens_per_second_before_and_after_buckets(chorales_data, monkeypatch):
+    # Two buckets, of which the chorale phrases fill only the first: two step shapes to compile.
+    monkeypatch.setattr(vae_common, "PHRASE_BUCKETS", (32, 128))
+    records = bench_vae.main(
+        ["--runs", "1", "--skip", "train,decode", "--data_dir", chorales_data,
+         "--bucket_tokens", "256"],
+        config=TINY,
+    )  # fmt: skip
+    by_name = {r["benchmark"]: r for r in records}
+    fixed, buckets = by_name["vae_epoch_fixed"], by_name["vae_epoch_buckets"]
+    assert fixed["shapes"].startswith("128x128+128:") and buckets["shapes"].startswith("8x32+27:")
+    assert float(fixed["padding"].rstrip("%")) > float(buckets["padding"].rstrip("%"))
+    for row in (fixed, buckets):
+        assert row["epoch_s"] > 0 and row["nonpad_tokens_per_s"] > 0
+    ratio = buckets["nonpad_tokens_per_s"] / fixed["nonpad_tokens_per_s"]
+    assert by_name["vae_bucket_speedup"]["nonpad_tokens_per_s_ratio"] == pytest.approx(
+        ratio, rel=0.01
+    )

@@ -251,3 +251,43 @@ def test_train_metrics_average_and_stop_at_the_first_non_finite_step():
     pending = [(3, step_metrics(1.0)), (4, step_metrics(np.inf)), (5, step_metrics(np.nan))]
     with pytest.raises(FloatingPointError, match="loss at step 4 .last good checkpoint: step 2"):
         metrics.mean_train_metrics(pending, 2, summed=("n_tokens",))
+
+
+def test_length_buckets_are_on_at_paper_and_cpu_scale_and_checked():
+    for variant in ("", "cpu"):
+        data = load_config("vae_ae", variant).data
+        assert data.length_buckets[-1] == data.max_len and 0 < data.special_phrase_rate < 1
+    assert load_config("vae_pretrain", "cpu").data.length_buckets[-1] == 96
+    assert not load_config("vae_ae", "runlocal").data.length_buckets
+    for key, value, message in (
+        ("length_buckets", (16, 64, 32), "strictly increasing"),
+        ("length_buckets", (16, 48), "ending at data.max_len=64"),
+        ("length_buckets", (4, 64), "lengths >= 7"),
+        ("tokens_per_batch", 16, "at least data.max_len"),
+        ("special_phrase_rate", 1.5, "in \\[0, 1\\]"),
+    ):
+        config = load_config("vae_ae", "cpu")
+        config.data[key] = value
+        with pytest.raises(errors.UserError, match=message):
+            train_vae.validate_config(config)
+
+
+def test_bucketed_training_resumes_exactly(chorales_data, tmp_path):
+    """A runlocal stage-2 run on length buckets: real-token counts are logged, and a
+    run resumed from its step-2 checkpoint (state and bucket position) ends where it did."""
+    config = load_config("vae_ae", f"runlocal,data.dir={chorales_data},init_from=")
+    config.data.update(length_buckets=(16, 32), tokens_per_batch=256, special_phrase_rate=0.1)
+    straight = tmp_path / "straight"
+    main.run(config, str(straight))
+    rows = [r for r in metrics.read_jsonl(straight / "metrics.jsonl") if r["split"] == "train"]
+    assert rows and all(r["tokens_per_s"] > 0 for r in rows)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight, resumed)
+    for stale in ("checkpoints/4", "best"):
+        shutil.rmtree(resumed / stale)
+    main.run(config, str(resumed))
+    expected, _ = restore_params(config, straight, 4)
+    got, step = restore_params(config, resumed, 4)
+    assert step == 4
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-6, atol=1e-7, err_msg=str(key))

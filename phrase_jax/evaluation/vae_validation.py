@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from data_pipelines import vae_pipeline
+from data_pipelines import length_buckets, vae_pipeline
 from phrase_jax.evaluation import reconstruction
 from phrase_jax.models import decoding, vae
 from phrase_jax.training import sharding, train_state
@@ -43,8 +43,17 @@ def per_process_batch(global_batch: int, key: str) -> int:
     return global_batch // count
 
 
-def make_loader(config, split: str, *, batch_size: int, shuffle: bool, num_epochs: int | None):
-    """This process's Grain iterator of `config.data` batches (numpy, per-process batch)."""
+def make_loader(
+    config,
+    split: str,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    num_epochs: int | None,
+    bucketing: length_buckets.Bucketing | None = None,
+):
+    """This process's Grain iterator of `config.data` batches (numpy, per-process batch);
+    `bucketing` (training only) batches by length instead of padding to max_len."""
     return vae_pipeline.make_vae_loader(
         config.data.dir,
         split,
@@ -57,6 +66,21 @@ def make_loader(config, split: str, *, batch_size: int, shuffle: bool, num_epoch
         num_epochs=num_epochs,
         mask_ratio=config.data.mask_ratio,
         mean_span=config.data.mean_span,
+        bucketing=bucketing,
+    )
+
+
+def bucketing(config, mesh) -> length_buckets.Bucketing | None:
+    """The length bucketing of `config.data` for training on `mesh` (None: the buckets are
+    off and every row is padded to data.max_len)."""
+    data = config.data
+    if not data.get("length_buckets"):
+        return None
+    return length_buckets.Bucketing(
+        lengths=tuple(data.length_buckets),
+        tokens_per_batch=data.tokens_per_batch,
+        batch_multiple=mesh.shape["data"],
+        special_rate=data.special_phrase_rate,
     )
 
 

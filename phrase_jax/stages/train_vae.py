@@ -23,6 +23,7 @@ import jax
 from absl import logging
 from flax import nnx
 
+from data_pipelines import transforms
 from phrase_jax import config_lib
 from phrase_jax.artifacts import run_dir, vae_run
 from phrase_jax.evaluation import vae_validation
@@ -166,6 +167,24 @@ def validate_config(config) -> None:
     config_lib.require(
         config, "eval.checkpoint", lambda v: v in ("latest", "best"), "latest or best"
     )
+    if config.data.get("length_buckets"):
+        shortest = len(transforms.PHRASE_PREFIX) + 2
+        config_lib.require(
+            config, "data.length_buckets",
+            lambda v: all(isinstance(n, int) and n >= shortest for n in v)
+            and list(v) == sorted(set(v)) and v[-1] == config.data.max_len,
+            f"strictly increasing lengths >= {shortest} ending at data.max_len="
+            f"{config.data.max_len}, or () to pad every phrase to data.max_len",
+        )  # fmt: skip
+        config_lib.require(
+            config, "data.tokens_per_batch",
+            lambda v: isinstance(v, int) and v >= config.data.max_len,
+            f"positions per global batch, at least data.max_len={config.data.max_len}",
+        )  # fmt: skip
+        config_lib.require(
+            config, "data.special_phrase_rate", lambda v: 0.0 <= v <= 1.0,
+            "the share of one-token phrases per epoch, in [0, 1] (1 keeps them all)",
+        )  # fmt: skip
     config_lib.require_file(
         config, "data.dir", "manifest.json",
         "prepare the data first (make data, or the prepare stage) or set data.dir",
@@ -192,8 +211,10 @@ def run(config, workdir: str) -> dict[str, float] | None:
     logging.info("PhraseVAE mode %s: %d parameters, mesh %s", config.model.mode, n_params,
                  dict(mesh.shape))  # fmt: skip
     local_batch = vae_validation.per_process_batch(config.batch_size, "batch_size")
+    bucketing = vae_validation.bucketing(config, mesh)
     train_iter = vae_validation.make_loader(config, "train", batch_size=local_batch,
-                                            shuffle=True, num_epochs=None)  # fmt: skip
+                                            shuffle=True, num_epochs=None,
+                                            bucketing=bucketing)  # fmt: skip
     checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep)
     step = checkpointer.latest_step()
     if step is not None:
