@@ -7,7 +7,8 @@
             *folder_rows(["other_system/"], stats)]
 
 Where the real statistics come from, first match wins: a stored file (`real_statistics=`),
-the prepared data (held-out `splits`; the ceiling from draws of training songs), a bundle's copy.
+a bundle's copy when the data are absent or it was built from the same data and splits, the
+prepared data (held-out `splits`; the ceiling from draws of training songs).
 """
 
 from __future__ import annotations
@@ -86,7 +87,21 @@ def statistics_for(
     keys when none can be had."""
     if real_statistics_path:
         return real_statistics.load(real_statistics_path)
-    if data_dir and os.path.isfile(os.path.join(data_dir, "manifest.json")):
+    stored = None
+    if bundle_path:
+        stored = bundle.read_real_statistics(bundle_path, bundle.read_meta(bundle_path))
+    have_data = bool(data_dir) and os.path.isfile(os.path.join(data_dir, "manifest.json"))
+    # The bundle's copy serves when it describes these very songs: it saves building them
+    # again (about a minute on POP909), and it is all there is where the data are absent.
+    if stored is not None and (
+        not have_data
+        or (
+            stored.source.get("data_dir") == os.path.abspath(data_dir)
+            and list(stored.source.get("splits", [])) == list(splits)
+        )
+    ):
+        return stored
+    if have_data:
         started = time.monotonic()
         stats = from_prepared_data(data_dir, splits, seed=seed)
         logging.info(
@@ -94,10 +109,6 @@ def statistics_for(
             stats.source["songs"], data_dir, time.monotonic() - started,
         )  # fmt: skip
         return stats
-    if bundle_path:
-        stats = bundle.read_real_statistics(bundle_path, bundle.read_meta(bundle_path))
-        if stats is not None:
-            return stats
     raise errors.UserError(
         f"no real songs to compare with: data_dir={data_dir!r} holds no prepared data (make "
         "data), real_statistics is unset and no bundle with stored statistics is named; give "
