@@ -168,6 +168,10 @@ train-ldm: $(VENV)/.installed
 # EVAL_ARGS adds options, e.g. EVAL_ARGS=num_songs=50,compare.ldm_workdir=runs/ldm_uncond_cpu.
 # MODEL=BUNDLE evaluates a bundle (DPM-Solver++ SDE-10, 20 songs; real songs from the data it was
 # exported from, or EVAL_ARGS=data_dir=data/pop909) into $(RUNS_DIR)/eval_<bundle folder name>.
+# metrics.md also holds the model-independent table (MIDI descriptors vs the held-out songs,
+# the real-vs-real ceiling; EVAL_ARGS=extra_midi_dirs=a/:b/ adds other systems' MIDI folders)
+# and the folder keeps its real_statistics.json; a bundle exported with its data is evaluated
+# on that table even where the data are absent.
 .PHONY: eval
 EVAL_ARGS ?=
 BUNDLE_EVAL := model=$(abspath $(MODEL)) sampler=dpm_solver_pp_sde steps=10 num_songs=20 \
@@ -180,6 +184,19 @@ EVAL_OUT = $(if $(MODEL),$(RUNS_DIR)/eval_$(notdir $(abspath $(MODEL))),$(call r
 eval: $(VENV)/.installed
 	$(PY) -m phrase_jax.main --workdir $(EVAL_OUT) \
 		--config experiments/evaluate.py:$(EVAL_CONFIG_ARGS)
+
+# Folders of MIDI without a model (issue 13.3): per-bar and per-song MIDI descriptors against
+# the held-out POP909 songs (or STATS=a real_statistics.json / a bundle storing one), with the
+# real-vs-real ceiling, into $(RUNS_DIR)/eval_midi: midi_metrics.json, midi_metrics.md,
+# real_statistics.json. `make eval-midi MIDI_DIRS=other_system/:outputs/demo/songs`.
+.PHONY: eval-midi
+MIDI_DIRS ?=
+STATS ?=
+EVAL_MIDI_ARGS = midi_dirs=$(MIDI_DIRS)$(if $(STATS),$(,)real_statistics=$(abspath $(STATS)),$(,)data_dir=$(DATA_DIR)/pop909)
+
+eval-midi: $(VENV)/.installed
+	$(PY) -m phrase_jax.main --workdir $(RUNS_DIR)/eval_midi \
+		--config experiments/evaluate_midi.py:$(EVAL_MIDI_ARGS)
 
 # The whole job end to end on this machine (phrase_jax/demo.py; sizes: experiments/demo.py):
 # prepare data, train the three VAE stages, extract latents, train a length-conditioned LDM,

@@ -20,7 +20,13 @@ the latents manifest names). `compare.*` adds a comparison row: another LDM run
 (`compare.ldm_workdir`, same VAE) and/or another `compare.sampler` / `compare.steps` /
 `compare.guidance_scale` (empty, 0 and -1 keep the evaluated row's).
 A bundle replaces the runs: `model=BUNDLE` (`make eval MODEL=...`); its real rows are encoded
-with the bundle's VAE from `data_dir` (default: the data it was exported from).
+with the bundle's VAE from `data_dir` (default: the data it was exported from). Where those
+data are absent, a bundle that stores real statistics is still measured on the rows that need
+no real latents (PhraseFID and MR are then undefined).
+The model-independent table (MIDI descriptors against the held-out songs' statistics; the
+real-vs-real ceiling; docs/design.md) reads `real_statistics` (a real_statistics.json; "" = from
+the prepared held-out songs, else the bundle's copy) and adds a row per folder of
+`extra_midi_dirs` (MIDI folders joined by ':', read at `midi_quantize_step`; 3 = 16th notes).
 """
 
 from __future__ import annotations
@@ -74,6 +80,9 @@ def get_config(arg=None):
     config.srs_threshold = 0.5
     config.srs_min_run = 4
     config.plot_songs = 3
+    config.real_statistics = ""  # a real_statistics.json; "" = the held-out songs' (or bundle's)
+    config.extra_midi_dirs = ""  # MIDI folders joined by ':', one row each (other systems)
+    config.midi_quantize_step = 3  # how those files are read: 3 = 16th notes, as the data
     config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1)))
 
     for scale in sample.SCALES:

@@ -13,8 +13,10 @@ import pytest
 from stage_fixtures import chorales_only, load_config, save_tiny_ldm, save_tiny_vae
 
 from phrase_jax import config_lib, errors, main
-from phrase_jax.evaluation import fid, report
+from phrase_jax.artifacts import bundle, real_statistics
+from phrase_jax.evaluation import descriptor_rows, fid, report
 from phrase_jax.generation import generate
+from phrase_jax.music import midi_io
 from phrase_jax.music.events import Bar, Note, Song
 from phrase_jax.stages import evaluate
 
@@ -46,13 +48,28 @@ def _finite_or_null(value) -> bool:
 
 def test_stage_writes_metrics_table_and_plot(chain, prepared, tmp_path):
     spb = prepared.slots_per_bar
+    midi_dir = tmp_path / "held_out_midi"  # the held-out songs themselves, as MIDI files
+    midi_dir.mkdir()
+    for split in ("valid", "test"):
+        for song in descriptor_rows.prepared_songs(str(chain["data"]), split):
+            midi_io.song_to_midi(song).write(str(midi_dir / f"{song.name}.mid"))
     arg = (
         f"runlocal,ldm_workdir={chain['ldm_bars']},steps={STEPS},"
         f"compare.ldm_workdir={chain['ldm_cond']},compare.sampler=ddpm,"
-        f"melody_program={prepared.melody_program}"
+        f"melody_program={prepared.melody_program},extra_midi_dirs={midi_dir}"
     )
     main.run(load_config("evaluate", arg), str(tmp_path))
     result = json.loads((tmp_path / evaluate.METRICS_JSON).read_text())
+    # The model-independent table: generated rows, the ceiling, the extra folder, which holds
+    # the very songs of the real statistics.
+    midi_rows = {row["kind"]: row["metrics"] for row in result["midi_rows"]}
+    assert list(midi_rows) == ["generated", "comparison", "ceiling", "midi folder"]
+    assert midi_rows["midi folder"]["mean_overlap"] == pytest.approx(1.0)
+    assert midi_rows["generated"]["songs"] == 2 and result["real_statistics"]["songs"] == 2
+    for metrics in midi_rows.values():
+        assert metrics["mean_overlap"] is None or 0.0 <= metrics["mean_overlap"] <= 1.0
+    stats = real_statistics.load(str(tmp_path))
+    assert stats.source["splits"] == ["valid", "test"] and stats.ceiling is not None
     rows = {row["kind"]: row for row in result["rows"]}
     assert [row["kind"] for row in result["rows"]] == ["real", "generated", "comparison"]
     assert len(result["reported"]) == 3
@@ -100,7 +117,7 @@ def test_stage_writes_metrics_table_and_plot(chain, prepared, tmp_path):
     assert markdown.count(report.REPORTED_SOURCE) >= 3
     assert "| 4.240 | — | — | — | 0.444 | 5% |" in markdown
     assert "| 0.165 | 0% | 95% |" in markdown
-    assert "Note statistics" in markdown
+    assert "Note statistics" in markdown and "Model-independent evaluation" in markdown
     png = tmp_path / result["plot"]
     assert png.read_bytes().startswith(b"\x89PNG")
 
@@ -122,7 +139,7 @@ def test_undefined_metrics_are_nan_and_null_not_errors():
     for key in ("phrase_fid", "fid_8gram", "srs", "song_diversity", "notes_per_bar"):
         assert math.isnan(metrics[key]), key
     assert metrics["length_bucket_accuracy"] == 0.0 and metrics["memorisation_rate"] == 0.0
-    assert evaluate._json_ready({"a": [metrics["srs"], np.float32(1.5)]}) == {"a": [None, 1.5]}
+    assert report.json_ready({"a": [metrics["srs"], np.float32(1.5)]}) == {"a": [None, 1.5]}
     assert report.format_value(metrics["srs"], ".3f") == "—"
 
     # One 1-bar song: a Gaussian needs 2 windows, so FID-2 and up stay undefined; FID is not.
@@ -202,3 +219,18 @@ def test_a_bundle_is_evaluated_with_real_songs_encoded_by_its_vae(chain, prepare
     with pytest.raises(errors.UserError, match="data_dir='nowhere'"):
         main.run(load_config("evaluate", f"runlocal,model={bundle_dir},data_dir=nowhere"),
                  str(tmp_path / "eval2"))  # fmt: skip
+
+    # The export stored the held-out songs' statistics: where the data are gone, the bundle is
+    # still measured against them (PhraseFID and MR need real latents: undefined).
+    meta = bundle.read_meta(str(bundle_dir))
+    assert meta["real_statistics"] == real_statistics.FILE_NAME
+    meta["provenance"]["data"] = str(tmp_path / "moved_away")
+    (bundle_dir / bundle.BUNDLE_JSON).write_text(json.dumps(meta))
+    arg = f"runlocal,model={bundle_dir},steps={STEPS},melody_program={prepared.melody_program}"
+    main.run(load_config("evaluate", arg), str(tmp_path / "eval3"))
+    alone = json.loads((tmp_path / "eval3" / evaluate.METRICS_JSON).read_text())
+    assert [row["kind"] for row in alone["rows"]] == ["generated"]
+    assert alone["rows"][0]["metrics"]["phrase_fid"] is None
+    assert [row["kind"] for row in alone["midi_rows"]] == ["generated", "ceiling"]
+    assert alone["midi_rows"][1] == result["midi_rows"][1]  # the stored ceiling
+    assert alone["real_statistics"]["data_dir"] == str(chain["data"])

@@ -7,4 +7,6 @@ what it must hold, written once and read (and checked) in one place.
     ldm_run      a train_ldm workdir: config.json, section_vocab.json, checkpoints/
     samples      a sample workdir: song_NNN.* files and samples.json
     bundle       a trained model to share: bundle.json + safetensors weights (load_pretrained)
+    real_statistics  real_statistics.json: held-out songs' MIDI descriptors, for comparing
+                 songs with them where the data are absent (in eval folders and bundles)
 """

@@ -7,6 +7,8 @@
       ldm.safetensors              PhraseLDM variables (its fixed Fourier weights included)
       vae_ema.safetensors          the EMA copies, only when the run kept an EMA
       ldm_ema.safetensors
+      real_statistics.json         the held-out songs' MIDI descriptors (`real_statistics`),
+                                   only when the bundle was exported with its data
 
 bundle.json (FORMAT_VERSION 1):
   format, format_version
@@ -23,6 +25,8 @@ bundle.json (FORMAT_VERSION 1):
   decoding          {"max_len"}: the VAE's phrase length (greedy decoding cap)
   provenance        {"source", "vae_step", "ldm_step", "data", "created", ...}: free-form record
   unsupported       "" or one line saying why sampling this bundle is refused
+  real_statistics   its file name or null (optional: older bundles lack the key); the
+                    evaluation compares songs with it where the data are absent
 
 Written atomically: every file goes into a temporary sibling folder that is renamed into place.
 Weights use the `safetensors` numpy API: reading a bundle needs neither torch nor orbax.
@@ -45,6 +49,7 @@ from flax import nnx
 from safetensors import numpy as safetensors_numpy
 
 from phrase_jax import errors
+from phrase_jax.artifacts import real_statistics as real_stats
 from phrase_jax.models import dit, vae
 from phrase_jax.music import sections
 from phrase_jax.music.vocab import Vocab
@@ -123,6 +128,7 @@ def make_meta(
     max_len: int = 128,
     has_ema: tuple[bool, bool] = (False, False),
     unsupported: str = "",
+    has_real_statistics: bool = False,
 ) -> dict:
     """bundle.json's content (see the module docstring), checked."""
     if vae_config.mode != "vae" or vae_config.latent_dim != ldm_config.latent_dim:
@@ -176,6 +182,7 @@ def make_meta(
             **dict(provenance),
         },
         "unsupported": unsupported,
+        "real_statistics": real_stats.FILE_NAME if has_real_statistics else None,
     }
 
 
@@ -196,6 +203,7 @@ def write_bundle(
     vae_ema: vae.PhraseVAE | None = None,
     ldm_ema: dit.PhraseLDM | None = None,
     unsupported: str = "",
+    real_statistics: real_stats.RealStatistics | None = None,
     overwrite: bool = False,
 ) -> str:
     """Writes a bundle folder from in-memory models; returns its absolute path.
@@ -222,6 +230,7 @@ def write_bundle(
         max_len=max_len,
         has_ema=(vae_ema is not None, ldm_ema is not None),
         unsupported=unsupported,
+        has_real_statistics=real_statistics is not None,
     )
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
@@ -238,6 +247,8 @@ def write_bundle(
             arrays = model_arrays(model)
             file = os.path.join(staging, weights_file(name, ema))
             safetensors_numpy.save_file(arrays, file, metadata={"format": FORMAT, "model": name})
+        if real_statistics is not None:
+            real_stats.save(real_statistics, os.path.join(staging, real_stats.FILE_NAME))
         with open(os.path.join(staging, BUNDLE_JSON), "w") as f:
             json.dump(meta, f, indent=1)
         _move_into_place(staging, path)
@@ -301,6 +312,17 @@ def read_weights(path: str, meta: dict, model: str, *, ema: bool) -> dict[str, n
     if not os.path.exists(file):
         raise errors.UserError(f"{file} not found: the bundle is incomplete; copy it again")
     return safetensors_numpy.load_file(file)
+
+
+def read_real_statistics(path: str, meta: dict) -> real_stats.RealStatistics | None:
+    """The real statistics stored in the bundle at `path`, or None when it holds none."""
+    name = meta.get("real_statistics")
+    if not name:
+        return None
+    file = os.path.join(os.path.abspath(path), os.path.basename(name))
+    if not os.path.exists(file):
+        raise errors.UserError(f"{file} not found: the bundle is incomplete; copy it again")
+    return real_stats.load(file)
 
 
 def require(config, key: str = "model") -> dict:

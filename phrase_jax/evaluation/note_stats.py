@@ -39,7 +39,7 @@ _BEAT = vocab.POSITIONS_PER_QUARTER
 _SCALES = keys.key_templates() > 0  # [24, 12] scale membership: the templates' positive degrees
 
 
-def _sounding_counts(intervals: list[tuple[int, int]], length: int) -> np.ndarray:
+def sounding_counts(intervals: list[tuple[int, int]], length: int) -> np.ndarray:
     """[length] number of (start, end) intervals covering each grid position."""
     delta = np.zeros(length + 1, np.int64)
     for start, end in intervals:
@@ -64,6 +64,18 @@ def scale_consistency(pitch_class_counts: np.ndarray) -> float:
     if total <= 0:
         return float("nan")
     return float((_SCALES @ pitch_class_counts).max() / total)
+
+
+def groove_consistency(onset_sets: Sequence[set[int]], lengths: Sequence[int]) -> float:
+    """1 - mean over consecutive bar pairs of |onsets of one bar xor the other's| / the longer
+    bar's length; NaN for fewer than 2 bars."""
+    if len(onset_sets) < 2:
+        return float("nan")
+    distances = [
+        len(a ^ b) / max(la, lb)
+        for a, b, la, lb in zip(onset_sets, onset_sets[1:], lengths, lengths[1:], strict=False)
+    ]
+    return 1.0 - float(np.mean(distances))
 
 
 def note_statistics(song: Song) -> dict[str, float]:
@@ -91,20 +103,13 @@ def note_statistics(song: Song) -> dict[str, float]:
                     pitch_class_counts[note.pitch % 12] += 1
         onset_sets.append(onsets)
 
-    pitched_counts = _sounding_counts(pitched, total_length)
+    pitched_counts = sounding_counts(pitched, total_length)
     sounding = pitched_counts[pitched_counts > 0]
     polyphony = float(sounding.mean()) if sounding.size else float("nan")
 
-    if len(song.bars) >= 2:
-        distances = [
-            len(a ^ b) / max(la, lb)
-            for a, b, la, lb in zip(onset_sets, onset_sets[1:], lengths, lengths[1:], strict=False)
-        ]
-        groove = 1.0 - float(np.mean(distances))
-    else:
-        groove = float("nan")
+    groove = groove_consistency(onset_sets, lengths)
 
-    any_sounding = _sounding_counts(everything, total_length) > 0
+    any_sounding = sounding_counts(everything, total_length) > 0
     beats = empty = 0
     for offset, length in zip(offsets[:-1], lengths, strict=True):
         for beat_start in range(0, length, _BEAT):

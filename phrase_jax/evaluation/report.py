@@ -1,7 +1,9 @@
 """What the evaluation stage writes besides metrics.json: metrics.md and self_similarity.png.
 
 metrics.md holds two tables with the same rows: the Table 5 metrics (PhraseFID and its n-gram
-variants, SRS, MR, length accuracy, diversity) and the mean note statistics. The rows are the
+variants, SRS, MR, length accuracy, diversity) and the mean note statistics; then the
+model-independent table (`descriptor_rows`): each set's MIDI descriptors against the held-out
+real songs' statistics, with the real-vs-real ceiling and any other MIDI folders. The rows are the
 stage's measured sets followed by the numbers Ou & Wang (2025) report in their Table 5, labelled
 as such; those were measured in their 64-d VAE space with their reference set, so only the
 measured rows of one table are comparable with each other. The plot draws each set's first
@@ -15,10 +17,11 @@ import math
 import os
 from collections.abc import Sequence
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from phrase_jax.evaluation import note_stats, structure
+from phrase_jax.evaluation import descriptor_comparison, note_stats, structure
 
 MARKDOWN = "metrics.md"
 PLOT = "self_similarity.png"
@@ -47,6 +50,27 @@ MAIN_COLUMNS = (
     ("phrase_spread", "phrase spread", ".3f"),
 )
 NOTE_COLUMNS = tuple((name, name.replace("_", " "), ".3f") for name in note_stats.STATISTICS)
+MIDI_COLUMNS = (
+    ("songs", "songs", "d"),
+    ("bars", "bars", "d"),
+    ("mean_overlap", "mean overlap", ".3f"),
+    ("descriptor_fd", "descriptor FD", ".3f"),
+) + tuple(
+    (f"overlap_{name}", name.replace("_", " "), ".2f") for name in descriptor_comparison.FEATURES
+)
+
+
+def json_ready(value):
+    """NaN/inf -> None (strict JSON), numpy scalars -> Python numbers, recursively."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def reported_rows() -> list[dict]:
@@ -95,6 +119,23 @@ def _row_notes(rows: Sequence[dict]) -> list[str]:
     return notes
 
 
+def midi_section(midi_rows: Sequence[dict], source: dict) -> list[str]:
+    """The model-independent table and what it compares with, as markdown lines."""
+    splits = "+".join(source.get("splits", [])) or "?"
+    return [
+        "## Model-independent evaluation (MIDI descriptors)",
+        "",
+        f"Against {source.get('songs')} held-out real songs ({splits}, {source.get('bars')} bars) "
+        f"of `{source.get('data_dir', '')}`. Overlap: the shared area of a feature's histogram "
+        "with the real songs' (1 = the same distribution; per bar over all bars, per song over "
+        "songs), mean overlap their mean; descriptor FD: the Fréchet distance of the per-song "
+        "descriptors, standardised by the real songs (0 = the same Gaussian). The ceiling row "
+        "is other real songs at the size of a table row.",
+        "",
+        markdown_table(midi_rows, MIDI_COLUMNS),
+    ]
+
+
 def write_markdown(result: dict, out_dir: str) -> str:
     """metrics.md from the stage's result dict; returns its path."""
     rows = list(result["rows"]) + list(result["reported"])
@@ -104,7 +145,7 @@ def write_markdown(result: dict, out_dir: str) -> str:
         "# Generation metrics (SPEC 7)",
         "",
         f"Reference set: all slots of {reference['songs']} training songs "
-        f"({reference['slots']} phrase latents, SRS {reference['srs']:.3f}) from "
+        f"({reference['slots']} phrase latents, SRS {format_value(reference['srs'], '.3f')}) from "
         f"`{settings['latents_dir']}`; MR against {reference['training_melodies']} training "
         f"melodies (program {settings['melody_program']}). VAE `{settings['vae_workdir']}` "
         f"step {settings['vae_step']}. Length accuracy: share of songs in the target's 10-bar "
@@ -119,6 +160,7 @@ def write_markdown(result: dict, out_dir: str) -> str:
         "## Note statistics (means over songs)",
         "",
         markdown_table(result["rows"], NOTE_COLUMNS),
+        *midi_section(result.get("midi_rows", []), result.get("real_statistics", {})),
     ]
     path = os.path.join(out_dir, MARKDOWN)
     with open(path, "w") as f:

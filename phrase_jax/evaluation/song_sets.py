@@ -55,7 +55,11 @@ def evaluate_set(
     metrics: dict[str, float] = {"songs": len(songs), "mean_n_bars": float(np.mean(n_bars))}
     for n in settings.fid_orders:
         key = "phrase_fid" if n == 1 else f"fid_{n}gram"
-        enough = min(len(fid.ngram_vectors(s, n)) for s in (latents, reference)) >= 2
+        enough = (
+            bool(reference)
+            and bool(latents)
+            and min(len(fid.ngram_vectors(s, n)) for s in (latents, reference)) >= 2
+        )  # no reference: a bundle evaluated where its data are absent
         metrics[key] = _nan_unless(enough, lambda n=n: fid.phrase_fid(latents, reference, n))
     with_bars = [x for x in latents if len(x)]
     metrics["srs"] = _nan_unless(

@@ -39,8 +39,15 @@ from absl import logging
 
 from data_pipelines import ldm_pipeline, sources
 from phrase_jax import config_lib
-from phrase_jax.artifacts import bundle, latents, ldm_run, run_dir
-from phrase_jax.evaluation import encoded_songs, fid, memorisation, report, structure
+from phrase_jax.artifacts import bundle, latents, ldm_run, real_statistics, run_dir
+from phrase_jax.evaluation import (
+    descriptor_rows,
+    encoded_songs,
+    fid,
+    memorisation,
+    report,
+    structure,
+)
 from phrase_jax.evaluation.song_sets import MetricSettings, SongSet, evaluate_set
 from phrase_jax.generation import generate
 from phrase_jax.inference import ldm_loading
@@ -168,17 +175,23 @@ def _comparison_pipeline(config, mesh, primary: ldm_loading.SamplingPipeline):
     return pipeline
 
 
-def _json_ready(value):
-    """NaN/inf -> None (strict JSON), numpy scalars -> Python numbers, recursively."""
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
+def midi_table_rows(sets: Sequence[SongSet], stats, config) -> list[dict]:
+    """The model-independent table: every generated row's songs, the real-vs-real ceiling
+    stored with the statistics, and each of `extra_midi_dirs`, against the held-out real
+    songs' statistics."""
+    rows = [
+        descriptor_rows.song_row(s.name, s.kind, s.songs, stats)
+        for s in sets
+        if s.kind != "real"  # the held-out songs are the statistics themselves
+    ]
+    ceiling = descriptor_rows.ceiling_row(stats)
+    rows += [ceiling] if ceiling else []
+    folders = descriptor_rows.split_folders(config.extra_midi_dirs)
+    rows += descriptor_rows.folder_rows(folders, stats, config.midi_quantize_step)
+    for row in rows:
+        logging.info("%s: mean overlap %.3f, descriptor FD %.3f", row["name"],
+                     row["metrics"]["mean_overlap"], row["metrics"]["descriptor_fd"])  # fmt: skip
+    return rows
 
 
 def validate_config(config) -> None:
@@ -190,6 +203,14 @@ def validate_config(config) -> None:
     if compared is not None:
         generate.check_settings(compared)
     config_lib.require(config, "reference_songs", lambda v: v >= 1, "must be >= 1")
+    descriptor_rows.check_folders(
+        descriptor_rows.split_folders(config.extra_midi_dirs), "extra_midi_dirs"
+    )
+    if config.real_statistics and not os.path.exists(config.real_statistics):
+        raise config_lib.MissingInput(
+            f"config real_statistics={config.real_statistics}: not found; give a "
+            "real_statistics.json (make eval and make eval-midi write one) or leave it empty"
+        )
     if config.get("model"):
         bundle_data_dir(config, bundle.require(config))
         if config.compare.ldm_workdir:
@@ -206,12 +227,17 @@ def validate_config(config) -> None:
 def bundle_data_dir(config, bundle_meta: dict) -> str:
     """The prepared data whose songs a bundle is measured against: `data_dir`, else the data
     the bundle was exported from (its provenance), checked to exist and to have the bundle's
-    slots per bar."""
+    slots per bar. "" when that folder is absent but the bundle stores real statistics (or
+    `real_statistics` names some) and `data_dir` is unset: then only the rows that need no
+    real songs' latents are measured."""
     data_dir = config.data_dir or bundle_meta["provenance"].get("data") or ""
     if not data_dir or not os.path.isfile(os.path.join(data_dir, "manifest.json")):
+        if not config.data_dir and (bundle_meta.get("real_statistics") or config.real_statistics):
+            return ""
         raise config_lib.ConfigError(
             f"config data_dir={data_dir!r}: model=BUNDLE needs prepared songs to compare with "
-            "(make data, then data_dir=data/pop909)"
+            "(make data, then data_dir=data/pop909), or a bundle exported with its real "
+            "statistics"
         )
     slots_per_bar = sources.read_manifest(data_dir)["settings"]["slots_per_bar"]
     if slots_per_bar != bundle_meta["latents"]["slots_per_bar"]:
@@ -252,7 +278,9 @@ def run(config, workdir: str) -> dict:
     timings = {"load_s": time.monotonic() - started}
 
     tick = time.monotonic()
-    if from_bundle:  # the bundle's latent space: real songs encoded with its VAE
+    if not data_dir:  # a bundle without its data: no real latents, songs or melodies
+        reference, reference_names, sets, melodies = [], [], [], []
+    elif from_bundle:  # the bundle's latent space: real songs encoded with its VAE
         vae_model, max_len = pipeline.vae.model, int(pipeline.vae.config.data.max_len)
         reference, reference_names = encoded_songs.reference_latents(
             vae_model, data_dir, count=config.reference_songs, seed=config.seed,
@@ -271,9 +299,10 @@ def run(config, workdir: str) -> dict:
             train_split, config.reference_songs, config.seed, spb
         )
         sets = [real_set(latents_dir, manifest, data_dir, config.real_splits, spb)]
-    melodies = training_melodies(
-        data_dir, spb, metric_settings.melody_program, config.memorisation_train_songs
-    )
+    if data_dir:
+        melodies = training_melodies(
+            data_dir, spb, metric_settings.melody_program, config.memorisation_train_songs
+        )
     timings["real_data_s"] = time.monotonic() - tick
 
     sets.append(_generate_row(pipeline, settings, "generated", config.label))
@@ -292,8 +321,17 @@ def run(config, workdir: str) -> dict:
                      "info": song_set.info})  # fmt: skip
         logging.info("%s: %s", song_set.name, {k: round(v, 4) for k, v in metrics.items()})
     timings["metrics_s"] = time.monotonic() - tick
+    tick = time.monotonic()
+    stats = descriptor_rows.statistics_for(
+        real_statistics_path=config.real_statistics, data_dir=data_dir,
+        splits=config.real_splits, bundle_path=config.get("model", ""), seed=config.seed,
+    )  # fmt: skip
+    midi_rows = midi_table_rows(sets, stats, config)
+    timings["midi_descriptors_s"] = time.monotonic() - tick
     result = {
         "rows": rows,
+        "midi_rows": midi_rows,
+        "real_statistics": stats.source,
         "reported": report.reported_rows(),
         "reference": {
             "songs": len(reference),
@@ -304,7 +342,9 @@ def run(config, workdir: str) -> dict:
                 spb,
                 metric_settings.srs_threshold,
                 metric_settings.srs_min_run,
-            ),  # fmt: skip
+            )
+            if any(len(x) for x in reference)
+            else float("nan"),  # fmt: skip
             "training_melodies": len(melodies),
         },
         "settings": {
@@ -317,6 +357,7 @@ def run(config, workdir: str) -> dict:
         },
     }
     if jax.process_index() == 0:
+        real_statistics.save(stats, os.path.join(workdir, real_statistics.FILE_NAME))
         tick = time.monotonic()
         result["plot"] = report.write_self_similarity_plot(
             sets, workdir, metric_settings, config.plot_songs
@@ -325,7 +366,7 @@ def run(config, workdir: str) -> dict:
         timings["report_s"] = time.monotonic() - tick
     timings["total_s"] = time.monotonic() - started
     result["timings"] = {k: round(v, 3) for k, v in timings.items()}
-    result = _json_ready(result)
+    result = report.json_ready(result)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, METRICS_JSON), "w") as f:
             json.dump(result, f, indent=1, allow_nan=False)

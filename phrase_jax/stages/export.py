@@ -12,7 +12,9 @@ names: the weights that encoded the training data) → the LDM's EMA weights whe
 them → `bundle.write_bundle` into the workdir (replacing an earlier bundle there, never a folder
 holding anything else) → config.json. The bundle records the manifest's scale, clip and special
 latents, the slots per bar, the section vocabulary, the diffusion settings, the VAE's phrase
-length and the provenance (the source runs, their steps, the VAE config hash, the data dir).
+length and the provenance (the source runs, their steps, the VAE config hash, the data dir),
+and, when the prepared data are at hand, the held-out songs' real statistics
+(`artifacts/real_statistics`), so `make eval MODEL=...` runs where the data are absent.
 """
 
 from __future__ import annotations
@@ -22,20 +24,24 @@ import os
 import jax
 from absl import logging
 
-from phrase_jax import errors
-from phrase_jax.artifacts import bundle, ldm_run, run_dir
+from phrase_jax import config_lib, errors
+from phrase_jax.artifacts import bundle, ldm_run, real_statistics, run_dir
+from phrase_jax.evaluation import descriptor_rows
 from phrase_jax.inference import ldm_loading
 from phrase_jax.training import sharding
 
 # What an earlier export leaves in its workdir; anything else there is not ours to replace.
-OWN_FILES = {bundle.BUNDLE_JSON, run_dir.CONFIG_JSON} | {
+OWN_FILES = {bundle.BUNDLE_JSON, run_dir.CONFIG_JSON, real_statistics.FILE_NAME} | {
     bundle.weights_file(m, ema) for m in bundle.MODELS for ema in (False, True)
 }
 
 
 def validate_config(config) -> None:
-    """The LDM run exists (its config.json), before anything is loaded."""
+    """The LDM run exists (its config.json) and a named data dir holds prepared data, before
+    anything is loaded."""
     ldm_run.require(config)
+    if config.get("data_dir"):
+        config_lib.require_file(config, "data_dir", "manifest.json", "run `make data` first")
 
 
 def _check_workdir(workdir: str) -> None:
@@ -72,6 +78,14 @@ def run(config, workdir: str) -> dict:
         "latents_dir": os.path.abspath(config.latents_dir or ldm.config.latents.dir),
         "data": manifest.get("data_dir", ""),
     }
+    data_dir = config.get("data_dir") or manifest.get("data_dir", "")
+    stats = None
+    if data_dir and os.path.isfile(os.path.join(data_dir, "manifest.json")):
+        stats = descriptor_rows.from_prepared_data(
+            data_dir, config.get("real_splits", ("valid", "test")), seed=config.seed
+        )
+    else:
+        logging.warning("no prepared data at %r: the bundle stores no real statistics", data_dir)
     if jax.process_index() == 0:
         bundle.write_bundle(
             workdir,
@@ -87,6 +101,7 @@ def run(config, workdir: str) -> dict:
             prediction=ldm.config.diffusion.prediction,
             max_len=int(vae.config.data.max_len),
             provenance=provenance,
+            real_statistics=stats,
             overwrite=True,
         )
         run_dir.write_config(config, workdir)  # after the bundle: its checks passed
