@@ -38,6 +38,7 @@ from phrase_jax import errors
 TRAIN_STAGES = ("train_vae", "train_ldm")
 STAGES = (
     "prepare", "train_vae", "extract_latents", "train_ldm", "sample", "evaluate", "export",
+    "edit",
 )  # fmt: skip
 VAE_MODES = ("span_infill", "autoencoder", "vae")
 # Keys the training infrastructure reads (training/*.py); stage code may require more.
@@ -54,6 +55,7 @@ REQUIRED_KEYS = {
     "sample": ("seed",),
     "evaluate": ("seed",),
     "export": ("ldm_workdir",),
+    "edit": ("seed", "input", "task"),
 }
 
 

@@ -113,6 +113,12 @@ def _export():
     return export
 
 
+def _edit():
+    from phrase_jax.stages import edit
+
+    return edit
+
+
 STAGE_MODULES: dict[str, Callable[[], ModuleType]] = {
     "prepare": _prepare,
     "train_vae": _train_vae,
@@ -121,6 +127,7 @@ STAGE_MODULES: dict[str, Callable[[], ModuleType]] = {
     "sample": _sample,
     "evaluate": _evaluate,
     "export": _export,
+    "edit": _edit,
 }
 
 
