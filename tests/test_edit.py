@@ -4,57 +4,24 @@ key shift undone, no doubled tracks), each task end to end on tiny untrained run
 model writes), written regions filled where a decoder writes a known phrase, bad requests."""
 
 import json
-import pathlib
 
 import numpy as np
-import pretty_midi
 import pytest
-from stage_fixtures import build_tiny_runs, load_config
+import stage_fixtures as fixtures
+from stage_fixtures import BASS, MELODY, N_BARS, PIANO, build_tiny_runs, load_config, write_song
 
 from data_pipelines import datasets
 from phrase_jax import errors, main
+from phrase_jax.evaluation import encoded_songs
 from phrase_jax.generation import edit_input, edit_sampling, editing
 from phrase_jax.inference import ldm_loading
 from phrase_jax.models import decoding
-from phrase_jax.music import tokenizer, vocab
+from phrase_jax.music import layout, tokenizer, vocab
 from phrase_jax.music.events import Bar, Note, Song
 from phrase_jax.training import sharding
 
 STEPS = 2
-N_BARS = 12
-TEMPO = 100.0
-# D major (a key shift of -2 to C major): melody, piano chords, bass; every note on the 16th grid.
-MELODY, PIANO, BASS = 73, 0, 33
 SETTINGS = datasets.DatasetSettings()
-
-
-def write_song(path: pathlib.Path, bars: int = N_BARS) -> str:
-    pm = pretty_midi.PrettyMIDI(resolution=480, initial_tempo=TEMPO)
-    beat = 60.0 / TEMPO
-    scale = [62, 64, 66, 67, 69, 71, 73, 74]
-    tracks = {
-        "Melody": pretty_midi.Instrument(MELODY, name="Melody"),
-        "Piano": pretty_midi.Instrument(PIANO, name="Piano"),
-        "Bass": pretty_midi.Instrument(BASS, name="Bass"),
-    }
-    for bar in range(bars):
-        start = 4 * bar * beat
-        for q in range(4):
-            pitch = scale[(bar + q) % len(scale)]
-            tracks["Melody"].notes.append(
-                pretty_midi.Note(90, pitch, start + q * beat, start + (q + 0.5) * beat)
-            )
-        for half in range(2):
-            for pitch in (50, 54, 57) if bar % 2 == 0 else (55, 59, 62):
-                tracks["Piano"].notes.append(
-                    pretty_midi.Note(
-                        70, pitch, start + 2 * half * beat, start + (2 * half + 2) * beat
-                    )
-                )
-        tracks["Bass"].notes.append(pretty_midi.Note(80, 38, start, start + 4 * beat))
-    pm.instruments = list(tracks.values())
-    pm.write(str(path))
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +55,7 @@ def notes_of(bar, programs=None):
 def test_input_is_read_as_training_data_with_its_key_shift(song):
     assert song.n_bars == N_BARS and song.key_shift == -2
     assert song.track_programs == {"melody": MELODY, "piano": PIANO, "bass": BASS}
-    assert song.original.bars[0].tempo == pytest.approx(TEMPO)
+    assert song.original.bars[0].tempo == pytest.approx(fixtures.TEMPO)
     assert song.normalized.bars[0].tracks[BASS][0].pitch == 36  # D2 -> C2
     assert edit_input.resolve_track(song, "MELODY", "tracks") == MELODY
     assert edit_input.resolve_track(song, "33", "tracks") == BASS
@@ -179,6 +146,13 @@ def test_written_slots_decode_into_the_written_region(pipeline, song, monkeypatc
     known = edit_sampling.known_latents(pipeline, song, infill, "keep_drums")
     kept = infill.keep_slots
     np.testing.assert_allclose(result.latents_nd[kept], known[kept], rtol=1e-6, atol=1e-6)
+    # The short encoder length gives latent extraction's means (the VAE's max_len).
+    slots = layout.song_slots(song.normalized, 4, track_choice="keep_drums").slots
+    assert edit_sampling.encode_length(slots, 128) < 128
+    full = encoded_songs.encode_slots(
+        pipeline.vae.model, [{"slots": slots, "n_bars": N_BARS}], max_len=128, slots_per_bar=4
+    )[0]
+    np.testing.assert_allclose(known[: len(full)], full, atol=1e-5)
 
 
 TASK_ARGS = {
