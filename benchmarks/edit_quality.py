@@ -41,6 +41,7 @@ _SONGS = flags.DEFINE_integer("songs", 12, "Held-out songs (valid + test, >= 48 
 _SAMPLER = flags.DEFINE_string("sampler", "dpm_solver_pp_sde:20", "sampler:steps")
 _RESAMPLE = flags.DEFINE_string("resample", "2:2:2", "jump:repeats:every for the resampled rows")
 _OUT = flags.DEFINE_string("out", "", "Write the per-song numbers here as JSON.")
+_REAL_ONLY = flags.DEFINE_bool("real_only", False, "Only the real songs' numbers (no model).")
 MELODY = datasets.POP909_PROGRAMS["MELODY"]
 TRACK_CHOICE = "keep_drums"
 
@@ -88,19 +89,22 @@ def held_out_songs(count: int) -> list[str]:
 
 def main(argv):
     del argv
-    mesh = sharding.make_mesh({"shape": (-1, 1)})
-    if _MODEL.value:
-        pipeline = ldm_loading.load_bundle_pipeline(_MODEL.value, mesh)
-    else:
-        pipeline = ldm_loading.load_pipeline(_LDM.value, mesh)
-    spb = int(pipeline.manifest["slots_per_bar"])
-    model_bars = pipeline.ldm.model.config.n_slots // spb
     name, steps = _SAMPLER.value.split(":")
     jump, repeats, every = (int(x) for x in _RESAMPLE.value.split(":"))
     variants = {
         "off": samplers.Resampling(),
         _RESAMPLE.value: samplers.Resampling(jump=jump, repeats=repeats, every=every),
     }
+    if _REAL_ONLY.value:
+        variants = {}
+    else:
+        mesh = sharding.make_mesh({"shape": (-1, 1)})
+        if _MODEL.value:
+            pipeline = ldm_loading.load_bundle_pipeline(_MODEL.value, mesh)
+        else:
+            pipeline = ldm_loading.load_pipeline(_LDM.value, mesh)
+        spb = int(pipeline.manifest["slots_per_bar"])
+        model_bars = pipeline.ldm.model.config.n_slots // spb
     tasks = {
         "refill 17-24": (editing.EditRequest(task="infill", bars="17-24"), [(15, 16), (23, 24)]),
         "continue 32 -> 48": (

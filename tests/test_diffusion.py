@@ -307,8 +307,8 @@ def correlated_predictor(x_t, t):
 def test_resampling_brings_written_slots_closer_to_the_conditional(method):
     """Replacement alone lets the written slot see the kept one only through the noise, so it
     drifts from E[written | kept] = RHO * KNOWN; RePaint's jumps cut that bias."""
-    noise = jax.random.normal(jax.random.key(5), (2048, 2, 4))
-    keep = jnp.zeros((2048, 2), bool).at[:, 0].set(True)
+    noise = jax.random.normal(jax.random.key(5), (512, 2, 4))
+    keep = jnp.zeros((512, 2), bool).at[:, 0].set(True)
     known = jnp.full(noise.shape, KNOWN)
     errors, stds = {}, {}
     for resampling in (None, samplers.Resampling(jump=2, repeats=4, every=2)):
