@@ -121,6 +121,28 @@ sample: $(VENV)/.installed
 	$(PY) -m phrase_jax.main --workdir $(SAMPLE_OUT) \
 		--config experiments/sample.py:$(SAMPLE_CONFIG_ARGS)
 
+# Edit a song (issue 14): continue it, refill bars or a section, accompany a melody, rewrite
+# one instrument. INPUT=song.mid, a model as for `make sample` (MODEL=BUNDLE, or VARIANT names the
+# LDM run) and the task in EDIT_ARGS, e.g.
+#   make edit MODEL=bundles/phrase-ldm-lencond INPUT=song.mid EDIT_ARGS=task=continue,bars=64
+#   make edit MODEL=... INPUT=song.mid EDIT_ARGS=task=infill,bars=9-16
+#   make edit MODEL=... INPUT=song.mid EDIT_ARGS=task=accompany,tracks=MELODY
+#   make edit MODEL=... INPUT=song.mid EDIT_ARGS=task=retrack,track=0
+# Writes edited.mid, edited.png, edited.wav (FluidSynth) and edit.json into
+# $(RUNS_DIR)/edit_<input name>, or OUT=DIR. A bundle samples with DPM-Solver++ SDE-20.
+.PHONY: edit
+INPUT ?=
+EDIT_ARGS ?=
+BUNDLE_EDITING := model=$(abspath $(MODEL)) sampler=dpm_solver_pp_sde steps=20
+EDIT_CONFIG_ARGS = $(subst $(_space),$(,),$(strip $(VARIANT) input=$(abspath $(INPUT)) \
+	$(if $(MODEL),$(BUNDLE_EDITING),ldm_workdir=$(or $(LDM_WORKDIR),$(call run_dir,ldm))) \
+	$(EDIT_ARGS)))
+
+edit: $(VENV)/.installed
+	@test -n "$(INPUT)" || (echo "make edit: give INPUT=song.mid" && false)
+	$(PY) -m phrase_jax.main --workdir $(or $(OUT),$(RUNS_DIR)/edit_$(basename $(notdir $(INPUT)))) \
+		--config experiments/edit.py:$(EDIT_CONFIG_ARGS)
+
 # Bundles (issue 12): one folder with the VAE + LDM weights and everything sampling needs.
 # `make export VARIANT=lencond,cpu` writes the bundle of runs/ldm_lencond_cpu (its latents
 # manifest and VAE) into $(RUNS_DIR)/bundle_lencond_cpu, or OUT=DIR; LDM_WORKDIR=DIR exports

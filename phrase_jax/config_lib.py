@@ -39,6 +39,7 @@ TRAIN_STAGES = ("train_vae", "train_ldm")
 STAGES = (
     "prepare", "train_vae", "extract_latents", "train_ldm", "sample", "evaluate", "export",
     "evaluate_midi",
+    "edit",
 )  # fmt: skip
 VAE_MODES = ("span_infill", "autoencoder", "vae")
 # Keys the training infrastructure reads (training/*.py); stage code may require more.
@@ -56,6 +57,7 @@ REQUIRED_KEYS = {
     "evaluate": ("seed",),
     "export": ("ldm_workdir",),
     "evaluate_midi": ("midi_dirs",),
+    "edit": ("seed", "input", "task"),
 }
 
 

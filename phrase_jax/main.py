@@ -119,6 +119,12 @@ def _evaluate_midi():
     return evaluate_midi
 
 
+def _edit():
+    from phrase_jax.stages import edit
+
+    return edit
+
+
 STAGE_MODULES: dict[str, Callable[[], ModuleType]] = {
     "prepare": _prepare,
     "train_vae": _train_vae,
@@ -128,6 +134,7 @@ STAGE_MODULES: dict[str, Callable[[], ModuleType]] = {
     "evaluate": _evaluate,
     "export": _export,
     "evaluate_midi": _evaluate_midi,
+    "edit": _edit,
 }
 
 

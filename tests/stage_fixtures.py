@@ -8,6 +8,7 @@ import functools
 import json
 import pathlib
 
+import pretty_midi
 import pytest
 
 from data_pipelines import sources
@@ -126,3 +127,41 @@ def build_tiny_runs(root: pathlib.Path, ldm_runs=tuple(LDM_RUNS)) -> dict[str, s
         paths[name] = root / f"ldm_{name}"
         save_tiny_ldm(paths[name], paths["latents"], LDM_RUNS[name])
     return {k: str(v.resolve()) for k, v in paths.items()}
+
+
+# The edit tests' input (tests/test_edit.py, tests/test_colab.py).
+N_BARS = 12
+TEMPO = 100.0
+# D major (a key shift of -2 to C major): melody, piano chords, bass; every note on the 16th grid.
+MELODY, PIANO, BASS = 73, 0, 33
+
+
+def write_song(path: pathlib.Path, bars: int = N_BARS) -> str:
+    """A 12-bar song in D major at 100 bpm for the edit tests: melody (73, "Melody"), piano
+    chords (0, "Piano"), bass (33, "Bass"); every note on the 16th grid."""
+    pm = pretty_midi.PrettyMIDI(resolution=480, initial_tempo=TEMPO)
+    beat = 60.0 / TEMPO
+    scale = [62, 64, 66, 67, 69, 71, 73, 74]
+    tracks = {
+        "Melody": pretty_midi.Instrument(MELODY, name="Melody"),
+        "Piano": pretty_midi.Instrument(PIANO, name="Piano"),
+        "Bass": pretty_midi.Instrument(BASS, name="Bass"),
+    }
+    for bar in range(bars):
+        start = 4 * bar * beat
+        for q in range(4):
+            pitch = scale[(bar + q) % len(scale)]
+            tracks["Melody"].notes.append(
+                pretty_midi.Note(90, pitch, start + q * beat, start + (q + 0.5) * beat)
+            )
+        for half in range(2):
+            for pitch in (50, 54, 57) if bar % 2 == 0 else (55, 59, 62):
+                tracks["Piano"].notes.append(
+                    pretty_midi.Note(
+                        70, pitch, start + 2 * half * beat, start + (2 * half + 2) * beat
+                    )
+                )
+        tracks["Bass"].notes.append(pretty_midi.Note(80, 38, start, start + 4 * beat))
+    pm.instruments = list(tracks.values())
+    pm.write(str(path))
+    return str(path)

@@ -257,3 +257,70 @@ def test_inpainting_with_gaussian_keeps_slots_and_samples_the_rest():
     np.testing.assert_array_equal(out[:, 1], -2.0)
     free = out[:, jnp.array([0, 2, 3])]
     assert abs(float(free.mean()) - MU) < 0.03 and abs(float(free.std()) - SIGMA) < 0.03
+
+
+def test_resampling_schedule_jumps_back_and_counts_model_calls():
+    D, R = samplers.DENOISE, samplers.RENOISE
+    plain = samplers.operation_schedule(4)
+    np.testing.assert_array_equal(plain, [[D, 0], [D, 1], [D, 2], [D, 3]])
+    resampled = samplers.operation_schedule(4, samplers.Resampling(jump=2, repeats=1, every=2))
+    expected = [[D, 0], [D, 1], [R, 0], [D, 0], [D, 1], [D, 2], [D, 3]]
+    np.testing.assert_array_equal(resampled, expected)
+    assert samplers.model_calls(4, samplers.Resampling(jump=2, repeats=1, every=2)) == 6
+    assert samplers.model_calls(10, samplers.Resampling(jump=1, repeats=3)) == 10 + 9 * 3
+    with pytest.raises(ValueError, match="jump=0"):
+        samplers.Resampling(jump=0, repeats=1).check()
+
+
+RESAMPLING = samplers.Resampling(jump=2, repeats=2, every=2)
+
+
+@pytest.mark.parametrize("method, num_steps", [("ddpm", 200), ("dpm_solver_pp", 20)])
+def test_samplers_with_resampling_still_recover_a_gaussian(method, num_steps):
+    """The jumps are the forward process: with the exact model a sampler still ends at the
+    data distribution (a wrong jump variance moves the std). DDIM and the SDE solver are
+    resampled in the inpainting test below."""
+    noise = jax.random.normal(jax.random.key(7), (512, 4, 8))
+    out = samplers.sample_fn(
+        gaussian_predictor("epsilon"), SCHEDULE, noise, jax.random.key(8),
+        method=method, num_steps=num_steps, resampling=RESAMPLING,
+    )  # fmt: skip
+    mean, std = float(out.mean()), float(out.std())
+    print(f"{method}-{num_steps} resampled: mean {mean:.4f} std {std:.4f}")
+    assert abs(mean - MU) < 0.01 and abs(std - SIGMA) < 0.025
+
+
+RHO, KNOWN = 0.9, 2.0
+
+
+def correlated_predictor(x_t, t):
+    """Exact E[eps | x_t] for two slots with unit variance and correlation RHO in every
+    dimension: the written slot's true conditional mean given the kept one is RHO * kept."""
+    ab = SCHEDULE.alpha_bars[t][:, None, None]
+    cov = jnp.array([[1.0, RHO], [RHO, 1.0]])
+    total = ab * cov + (1 - ab) * jnp.eye(2)  # [B, 2, 2]
+    x0 = jnp.sqrt(ab) * jnp.einsum("ij,bjk,bkd->bid", cov, jnp.linalg.inv(total), x_t)
+    return (x_t - jnp.sqrt(ab) * x0) / jnp.sqrt(1 - ab)
+
+
+@pytest.mark.parametrize("method", ["ddim", "dpm_solver_pp_sde"])
+def test_resampling_brings_written_slots_closer_to_the_conditional(method):
+    """Replacement alone lets the written slot see the kept one only through the noise, so it
+    drifts from E[written | kept] = RHO * KNOWN; RePaint's jumps cut that bias."""
+    noise = jax.random.normal(jax.random.key(5), (512, 2, 4))
+    keep = jnp.zeros((512, 2), bool).at[:, 0].set(True)
+    known = jnp.full(noise.shape, KNOWN)
+    errors, stds = {}, {}
+    for resampling in (None, samplers.Resampling(jump=2, repeats=4, every=2)):
+        out = samplers.sample_fn(
+            correlated_predictor, SCHEDULE, noise, jax.random.key(6), method=method,
+            num_steps=20, known_bnd=known, keep_mask_bn=keep, resampling=resampling,
+        )  # fmt: skip
+        np.testing.assert_array_equal(out[:, 0], KNOWN)
+        errors[resampling is not None] = abs(float(out[:, 1].mean()) - RHO * KNOWN)
+        stds[resampling is not None] = float(out[:, 1].std())
+    print(f"{method}: |mean - rho * known| plain {errors[False]:.4f} resampled {errors[True]:.4f}")
+    # Measured: DDIM-20 0.92 -> 0.29, DPM-Solver++(2M) SDE-20 0.52 -> 0.14; the spread moves
+    # towards the conditional's sqrt(1 - RHO^2) = 0.44 (0.61 -> 0.47, 0.57 -> 0.48).
+    assert errors[True] < 0.5 * errors[False]
+    assert abs(stds[True] - np.sqrt(1 - RHO**2)) < abs(stds[False] - np.sqrt(1 - RHO**2))

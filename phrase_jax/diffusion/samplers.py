@@ -15,11 +15,17 @@ Shared options:
 - classifier-free guidance (`guidance_scale`, the model's learned null conditions);
 - inpainting: `known_bnd` [B, N, D] with `keep_mask_bn` bool [B, N] (slots to keep); before each
   model call the kept slots are replaced by the known values noised to the current level, and
-  the result holds the known values exactly.
+  the result holds the known values exactly;
+- resampling (`Resampling`, RePaint, Lugmayr et al. 2022): every `every` steps the sample is
+  noised back `jump` steps by the forward process and those steps are denoised again,
+  `repeats` times, so the written slots can agree with the kept ones (replacement alone lets
+  each step see the kept slots only through the noise). A multistep solver restarts at first
+  order after each jump (its history belongs to the abandoned path).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 
 import jax
@@ -31,6 +37,52 @@ from phrase_jax import errors
 from phrase_jax.diffusion.schedules import Schedule, posterior, predictions_to_x0_eps
 
 METHODS = ("ddpm", "ddim", "dpm_solver_pp", "dpm_solver_pp_sde")
+DENOISE, RENOISE = 0, 1  # the kinds of a sampler's operations (`operation_schedule`)
+
+
+@dataclasses.dataclass(frozen=True)
+class Resampling:
+    """RePaint's jumps: after every `every`-th denoising step (not the last), `repeats` times:
+    noise back `jump` steps and denoise them again. `repeats` 0 = off. Each jump adds `jump`
+    model calls; `model_calls` counts them."""
+
+    jump: int = 1
+    repeats: int = 0
+    every: int = 1
+
+    def check(self) -> None:
+        if self.jump < 1 or self.every < 1 or self.repeats < 0:
+            raise ValueError(
+                f"resampling jump={self.jump}, every={self.every} must be >= 1 and "
+                f"repeats={self.repeats} >= 0"
+            )
+
+
+def operation_schedule(num_steps: int, resampling: Resampling | None = None) -> np.ndarray:
+    """int32 [M, 2] rows (kind, level): DENOISE takes level k to k + 1 (level k < num_steps is
+    the noise of grid step k, level num_steps is clean data); RENOISE takes the current level
+    back to `level` by the forward process. Without resampling: the num_steps denoising steps.
+    """
+    operations, level = [], 0
+    while level < num_steps:
+        operations.append((DENOISE, level))
+        level += 1
+        if (
+            resampling
+            and resampling.repeats
+            and level < num_steps
+            and level % resampling.every == 0
+        ):
+            back = max(level - resampling.jump, 0)
+            for _ in range(resampling.repeats):
+                operations.append((RENOISE, back))
+                operations.extend((DENOISE, k) for k in range(back, level))
+    return np.asarray(operations, np.int32).reshape(-1, 2)
+
+
+def model_calls(num_steps: int, resampling: Resampling | None = None) -> int:
+    """How many times a sampler calls the model (one per DENOISE operation)."""
+    return int((operation_schedule(num_steps, resampling)[:, 0] == DENOISE).sum())
 
 
 def check_guidance(model_config, guidance_scale: float) -> None:
@@ -74,6 +126,7 @@ def sample_loop(
     clip: float | jax.Array | None = None,
     known_bnd: jax.Array | None = None,
     keep_mask_bn: jax.Array | None = None,
+    resampling: Resampling | None = None,
 ) -> jax.Array:
     """Denoise `noise_bnd` (x at t = T-1) to x0 with `predict_fn(x_bnd, t_b) -> output`.
 
@@ -83,17 +136,20 @@ def sample_loop(
         raise ValueError(f"sampler {method!r}: use one of {METHODS}")
     if (known_bnd is None) != (keep_mask_bn is None):
         raise ValueError("inpainting needs both known_bnd and keep_mask_bn")
+    if resampling is not None:
+        resampling.check()
     grid = timestep_grid(schedule.num_steps, num_steps)
-    alpha_bars = schedule.alpha_bars[grid]
-    alpha_bars_next = jnp.concatenate([alpha_bars[1:], jnp.ones((1,), alpha_bars.dtype)])
-    index = np.arange(num_steps)
-    xs = (jnp.asarray(grid), alpha_bars, alpha_bars_next, index, jax.random.split(rng, num_steps))
+    # levels[k]: alpha_bar of grid step k; levels[num_steps] = 1 (clean data).
+    levels = jnp.concatenate([schedule.alpha_bars[grid], jnp.ones((1,), jnp.float32)])
+    operations = operation_schedule(num_steps, resampling)
+    xs = (jnp.asarray(operations), jax.random.split(rng, len(operations)))
     keep = None if keep_mask_bn is None else keep_mask_bn[..., None].astype(bool)
     batch = noise_bnd.shape[0]
+    grid = jnp.asarray(grid)
 
-    def step(carry, step_inputs):
-        x, prev_x0, prev_h = carry
-        t, ab, ab_next, i, key = step_inputs
+    def denoise(carry, level, key):
+        x, prev_x0, prev_h, fresh = carry
+        t, ab, ab_next = grid[level], levels[level], levels[level + 1]
         noise_key, inpaint_key = jax.random.split(key)
         if keep is not None:
             renoised = jnp.sqrt(ab) * known_bnd + jnp.sqrt(1.0 - ab) * jax.random.normal(
@@ -105,7 +161,7 @@ def sample_loop(
         if clip is not None:
             x0 = jnp.clip(x0, -clip, clip)
             eps = (x - jnp.sqrt(ab) * x0) / jnp.sqrt(1.0 - ab)
-        last = i == num_steps - 1
+        last = level == num_steps - 1
         h = prev_h
         if method == "ddpm":
             mean, variance = posterior(ab, ab_next, x0, x)
@@ -113,13 +169,14 @@ def sample_loop(
         elif method == "ddim":
             x_next = jnp.sqrt(ab_next) * x0 + jnp.sqrt(1.0 - ab_next) * eps
         else:
-            # DPM-Solver++(2M) in data prediction; first step 1st order, last jump (to clean,
-            # lambda = inf) is x0 itself ("lower order final"). Keep the unused branch finite.
+            # DPM-Solver++(2M) in data prediction; a fresh start (the first step, or the first
+            # after a resampling jump) is 1st order, the last jump (to clean, lambda = inf) is
+            # x0 itself ("lower order final"). Keep the unused branch finite.
             safe_next = jnp.where(last, 0.5, ab_next)
             h = _log_snr(safe_next) - _log_snr(ab)
             ratio = prev_h / h
             second = (1.0 + 0.5 / ratio) * x0 - (0.5 / ratio) * prev_x0
-            data = jnp.where(i == 0, x0, second)
+            data = jnp.where(fresh, x0, second)
             sigma_ratio = jnp.sqrt((1.0 - safe_next) / (1.0 - ab))
             if method == "dpm_solver_pp":
                 x_next = sigma_ratio * x - jnp.sqrt(safe_next) * jnp.expm1(-h) * data
@@ -132,17 +189,48 @@ def sample_loop(
                     * jax.random.normal(noise_key, x.shape, x.dtype)
                 )
             x_next = jnp.where(last, x0, x_next)
-        return (x_next, x0, h), None
+        return x_next, x0, h, jnp.zeros((), bool)
 
-    carry = (noise_bnd.astype(jnp.float32), jnp.zeros_like(noise_bnd, jnp.float32), jnp.ones(()))
-    (x, _, _), _ = jax.lax.scan(step, carry, xs)
+    def renoise(carry, level, key, current):
+        """The forward process from level `current` back to the noisier `level`."""
+        x, prev_x0, prev_h, _ = carry
+        ratio = levels[level] / levels[current]
+        noise = jax.random.normal(key, x.shape, x.dtype)
+        return (
+            jnp.sqrt(ratio) * x + jnp.sqrt(1.0 - ratio) * noise,
+            prev_x0,
+            prev_h,
+            jnp.ones((), bool),
+        )
+
+    def step(state, op_inputs):
+        carry, current = state
+        (kind, level), key = op_inputs
+        if resampling is None or not resampling.repeats:
+            return (denoise(carry, level, key), level + 1), None
+        carry = jax.lax.cond(
+            kind == RENOISE,
+            lambda c: renoise(c, level, key, current),
+            lambda c: denoise(c, level, key),
+            carry,
+        )
+        return (carry, jnp.where(kind == RENOISE, level, level + 1)), None
+
+    carry = (
+        noise_bnd.astype(jnp.float32),
+        jnp.zeros_like(noise_bnd, jnp.float32),
+        jnp.ones(()),
+        jnp.ones((), bool),
+    )
+    ((x, _, _, _), _), _ = jax.lax.scan(step, (carry, jnp.zeros((), jnp.int32)), xs)
     if keep is not None:
         x = jnp.where(keep, known_bnd, x)
     return x
 
 
 sample_fn = jax.jit(
-    sample_loop, static_argnames=("predict_fn", "method", "num_steps", "prediction")
+    sample_loop,
+    static_argnames=("predict_fn", "method", "num_steps", "prediction", "resampling"),
 )
 sample_fn.__doc__ = "`sample_loop`, jitted; `predict_fn` must be hashable (a function)."
 
@@ -184,6 +272,7 @@ def _sample_model(
     num_steps,
     prediction,
     use_guidance,
+    resampling=None,
 ):
     model = nnx.merge(graphdef, state)
 
@@ -203,13 +292,16 @@ def _sample_model(
         clip=clip,
         known_bnd=known,
         keep_mask_bn=keep,
+        resampling=resampling,
     )
 
 
 _sample_model_jit = jax.jit(
     _sample_model,
-    static_argnames=("graphdef", "method", "num_steps", "prediction", "use_guidance"),
-)
+    static_argnames=(
+        "graphdef", "method", "num_steps", "prediction", "use_guidance", "resampling",
+    ),
+)  # fmt: skip
 
 
 def sample(
@@ -226,6 +318,7 @@ def sample(
     clip: float | None = None,
     known_bnd: jax.Array | None = None,
     keep_mask_bn: jax.Array | None = None,
+    resampling: Resampling | None = None,
 ) -> jax.Array:
     """Sample x0 [B, N, D] from a PhraseLDM, starting from `noise_bnd`, in one jitted scan.
 
@@ -253,4 +346,5 @@ def sample(
         num_steps=num_steps or schedule.num_steps,
         prediction=prediction,
         use_guidance=use_guidance,
+        resampling=resampling if resampling and resampling.repeats else None,
     )

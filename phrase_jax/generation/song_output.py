@@ -36,9 +36,13 @@ def program_name(program: int) -> str:
     return "Drums" if program == DRUMS else pretty_midi.program_to_instrument_name(program)
 
 
-def piano_roll_figure(song: Song, title: str = "") -> Figure:
+def piano_roll_figure(
+    song: Song, title: str = "", written: Sequence[frozenset[int]] | None = None
+) -> Figure:
     """One horizontal bar per note: x in bars (a bar's onsets span [k, k+1)), y MIDI pitch,
-    one colour per program; drums drawn as crosses at their drum-note pitch."""
+    one colour per program; drums drawn as crosses at their drum-note pitch. `written` (an
+    edit, `generation/editing.py`): per bar, the programs the model wrote there; those notes
+    get a black outline and the bars holding them a shaded background, the rest was kept."""
     n_bars = max(len(song.bars), 1)
     figure = Figure(figsize=(min(max(6.0, INCHES_PER_BAR * n_bars), MAX_WIDTH_INCHES), 4.0))
     FigureCanvasAgg(figure)
@@ -46,18 +50,26 @@ def piano_roll_figure(song: Song, title: str = "") -> Figure:
     programs = sorted({p for bar in song.bars for p, notes in bar.tracks.items() if notes})
     colours = {p: f"C{i % 10}" for i, p in enumerate(programs)}
     for program in programs:
-        starts, widths, pitches = [], [], []
+        starts, widths, pitches, edges = [], [], [], []
         for index, bar in enumerate(song.bars):
+            is_written = written is not None and program in written[index]
             for note in bar.tracks.get(program, ()):
                 starts.append(index + note.onset / bar.length)
                 widths.append(note.duration / bar.length)
                 pitches.append(note.pitch)
+                edges.append("black" if is_written else "none")
         label = f"{program_name(program)} ({program})"
         if program == DRUMS:
             axes.scatter(starts, pitches, marker="x", s=8, color=colours[program], label=label)
         else:
             axes.barh(pitches, widths, left=starts, height=0.8, color=colours[program],
-                      label=label, linewidth=0)  # fmt: skip
+                      label=label, edgecolor=edges, linewidth=0.6 if written else 0)  # fmt: skip
+    if written is not None:
+        shaded = [k for k, bar_programs in enumerate(written) if bar_programs]
+        for k in shaded:
+            axes.axvspan(k, k + 1, color="gold", alpha=0.15, linewidth=0, zorder=0)
+        if shaded:
+            axes.axvspan(0, 0, color="gold", alpha=0.3, label="written (outlined notes)")
     for bar_start in range(0, n_bars + 1, 4):
         axes.axvline(bar_start, color="0.85", linewidth=0.5, zorder=0)
     axes.set_xlim(0, n_bars)
