@@ -123,3 +123,19 @@ def test_runlocal_gpu_run_end_to_end_stops_at_its_time_limit(chorales_data, tmp_
     with pytest.raises(errors.UserError, match="not empty"):
         gpu_run.run_gpu(settings, str(out), log=lines.append)
     assert {p.name for p in demo.PHASES[1:]} <= set(gpu_run.PHASES)
+
+
+def test_a_failed_phase_skips_the_phases_that_need_it_and_the_summary_is_written(
+    tmp_path, monkeypatch
+):
+    monkeypatch.delenv("POP909_DIR", raising=False)
+    settings = gpu_run.load_settings(f"runlocal,data_dir={tmp_path / 'no_data'}")
+    lines = []
+    record = gpu_run.run_gpu(settings, str(tmp_path / "out"), log=lines.append)
+    status = {name: entry["status"] for name, entry in record["phases"].items()}
+    assert status["data"].startswith("failed: UserError") and "make data" in status["data"]
+    assert status["timings"] == "skipped: needs data" and status["vae_ae"].startswith("skipped")
+    assert all(s.startswith("skipped") for name, s in status.items() if name != "data")
+    saved = json.loads((tmp_path / "out" / gpu_run.SUMMARY_JSON).read_text())
+    assert saved["phases"]["data"]["status"] == status["data"] and saved["size_ok"]
+    assert any("failed: UserError" in line for line in lines)
