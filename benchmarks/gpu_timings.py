@@ -4,7 +4,7 @@ run trains, in bf16 and fp32, and the DiT's self-attention through our attention
 attention, GPU only, bf16/fp16 only).
 
     timings = run_timings(vae_config, vae_batch=512, vae_length=64, ldm_config=...,
-                          ldm_batch=128, runs=3, fp32=True, attention=True, seconds=60)
+                          ldm_batch=128, runs=3, fp32=True, attention_impls=True, seconds=80)
     timings["calibration"]  # {"vae": Timing of the bf16 step, "ldm": ...} for the schedules
 
 The train steps are `bench_vae.time_train_step`'s (the real jitted, donated step of
