@@ -69,7 +69,9 @@ def _vae_stage(total_steps: int, max_len: int, *, phrases: int) -> ml_collection
         batch_size=512,
         log_every_steps=100,
         model=_stage(dtype="bfloat16", param_dtype="float32"),
-        data=_stage(max_len=max_len),
+        # Grain reads in the training process (num_workers 0, safe on any machine); where the
+        # host cannot feed the GPU (stopped_by_time, steps/s below the timed step), try 4-8.
+        data=_stage(max_len=max_len, num_workers=0),
         optim=_stage(
             learning_rate=3e-4,
             warmup_steps=100,
@@ -149,6 +151,7 @@ def get_config(arg=None):
         batch_size=128,  # the paper's batch: 715 training songs, 5.6 steps an epoch
         log_every_steps=100,
         model=_stage(dtype="bfloat16"),
+        data=_stage(num_workers=0),
         optim=_stage(
             learning_rate=5e-4, warmup_steps=200, schedule="cosine", end_learning_rate=5e-5
         ),
