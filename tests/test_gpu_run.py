@@ -79,7 +79,7 @@ def test_runlocal_gpu_run_end_to_end_stops_at_its_time_limit(chorales_data, tmp_
     # alone outlasts, so it stops after its first step and the later phases still run.
     settings = gpu_run.load_settings(
         f"chorales,runlocal,data_dir={chorales_data},timings.fp32=False,calibrate.min_steps=40,"
-        "budget_s.ldm=1,max_stretch=1.0,min_time_limit_s=0.5,total_budget_s=7200,"
+        "budget_s.ldm=1,max_stretch=1.0,min_time_limit_s=0.5,total_budget_s=7200,budget_s.timings=1800,"
         # Limits no loaded CPU reaches for the VAE stages: only the LDM's may bite.
         "budget_s.vae_pretrain=900,budget_s.vae_ae=900,budget_s.vae=900"
     )
