@@ -234,3 +234,23 @@ DEMO_ARGS ?=
 demo: $(VENV)/.installed
 	$(PY) -m phrase_jax.demo --out $(DEMO_OUT) $(if $(DEMO_DATASET),--dataset $(DEMO_DATASET) \
 		--pop909_dir $(POP909_DIR)) $(if $(DEMO_ARGS),--settings $(DEMO_ARGS))
+
+# The prepared GPU run (benchmarks/gpu_run.py, settings in experiments/gpu_run.py): the paper-size
+# VAE (three stages) and `lencond` LDM trained on POP909 with short schedules in about 9 minutes of
+# one H100/H200 (bf16 compute, fp32 master weights), then sampled and evaluated, plus paper-size
+# step timings (bf16 vs fp32, attention implementations); everything in $(GPU_RUN_OUT) (a new
+# folder, at most 60 MB; read gpu_run.json), on one GPU (the first, unless CUDA_VISIBLE_DEVICES
+# names another). Installs JAX's CUDA 12 wheels (the `gpu` extra); prepares $(DATA_DIR)/pop909
+# from $(POP909_DIR) inside the run when `make data` did not.
+# GPU_RUN_ARGS adds settings, e.g. GPU_RUN_ARGS=total_budget_s=600 or timings.fp32=False.
+.PHONY: gpu-run
+GPU_RUN_OUT ?= outputs/gpu_run
+GPU_RUN_ARGS ?=
+
+$(VENV)/.installed-gpu: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[test,demo,gpu]'
+	touch $@
+
+gpu-run: $(VENV)/.installed-gpu
+	CUDA_VISIBLE_DEVICES=$${CUDA_VISIBLE_DEVICES:-0} $(PY) -m benchmarks.gpu_run \
+		--out $(GPU_RUN_OUT) --pop909_dir $(POP909_DIR) --settings data_dir=$(DATA_DIR)/pop909$(if $(GPU_RUN_ARGS),$(,)$(GPU_RUN_ARGS))

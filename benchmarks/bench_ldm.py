@@ -81,14 +81,18 @@ def random_batch(batch_size: int, config: dit.PhraseLDMConfig, *, seed: int = 0)
     return {k: v for k, v in batch.items() if k == "latents" or config.conditions}
 
 
-def bench_train_step(config: dit.PhraseLDMConfig, batch_size: int, *, runs: int) -> common.Timing:
-    """Times the jitted, donated train step of `phrase_jax.training` on the diffusion loss."""
+def bench_train_step(
+    config: dit.PhraseLDMConfig, batch_size: int, *, runs: int, cost: dict | None = None
+) -> common.Timing:
+    """Times the jitted, donated train step of `phrase_jax.training` on the diffusion loss;
+    `cost`: as `bench_vae.time_train_step`'s."""
     return time_train_step(
         lambda: dit.PhraseLDM(config, rngs=nnx.Rngs(0)),
         train_ldm.make_loss_fn(ml_collections.ConfigDict(DIFFUSION)),
         {"name": "adamw", "learning_rate": 5e-4, "weight_decay": 0.01, "grad_clip_norm": 0.5},
         random_batch(batch_size, config),
         runs=runs,
+        cost=cost,
     )
 
 

@@ -73,10 +73,12 @@ def _loss_fn(model, batch, rng, train):
 
 
 def time_train_step(
-    create_model, loss_fn, optim_config: dict, local_batch: dict, *, runs: int
-) -> common.Timing:
+    create_model, loss_fn, optim_config: dict, local_batch: dict, *, runs: int,
+    cost: dict | None = None,
+) -> common.Timing:  # fmt: skip
     """Times the jitted, donated train step of `phrase_jax.training` on one device: the model
-    from `create_model()` created sharded, `loss_fn(model, batch, rng, train)`, fp32."""
+    from `create_model()` created sharded, `loss_fn(model, batch, rng, train)`, fp32. `cost`
+    given: gets XLA's `flops` estimate of one step (from the lowered step, before it runs)."""
     tx, schedule = optim.make_optimizer(optim_config, total_steps=1)
     create = train_state.modules_factory(create_model, tx, use_ema=False)
     mesh = single_device_mesh()
@@ -87,6 +89,8 @@ def time_train_step(
     holder = {"state": sharding.init_state(create, spec.shardings)}
     global_batch = sharding.make_global_batch(local_batch, mesh)
     rng = jax.random.key(0)
+    if cost is not None:
+        cost["flops"] = step.lower(holder["state"], global_batch, rng).cost_analysis()["flops"]
 
     def one_step():
         holder["state"], metrics = step(holder["state"], global_batch, rng)
@@ -97,14 +101,18 @@ def time_train_step(
     return common.time_calls(one_step, runs=runs)
 
 
-def bench_train_step(config: vae.VAEConfig, batch: dict, *, runs: int) -> common.Timing:
-    """Times the VAE train step (AdamW lr 1e-4, weight decay 1e-3, fp32)."""
+def bench_train_step(
+    config: vae.VAEConfig, batch: dict, *, runs: int, cost: dict | None = None
+) -> common.Timing:
+    """Times the VAE train step (AdamW lr 1e-4, weight decay 1e-3, fp32); `cost`: as
+    `time_train_step`'s."""
     return time_train_step(
         lambda: vae.PhraseVAE(config, rngs=nnx.Rngs(0)),
         _loss_fn,
         {"name": "adamw", "learning_rate": 1e-4, "weight_decay": 1e-3},
         batch,
         runs=runs,
+        cost=cost,
     )
 
 

@@ -21,6 +21,9 @@ def add_training_defaults(
     config.total_steps = total_steps
     config.batch_size = 128  # global
     config.log_every_steps = 100
+    # Wall-clock seconds for one call of the trainer, set-up and compilation included; when
+    # they are up, the step in progress is the last (logged, checkpointed, evaluated). 0 = none.
+    config.time_limit_s = 0.0
     config.compute_dtype = "float32"
     config.ema_decay = ema_decay  # 0 = no EMA
     config.optim = ml_collections.ConfigDict(

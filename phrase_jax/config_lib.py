@@ -290,6 +290,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check("optim.name", lambda v: v in ("adam", "adamw"), "choose adam or adamw")
     check("compute_dtype", lambda v: v in ("float32", "bfloat16"), "float32 or bfloat16")
     check("ema_decay", lambda v: 0.0 <= v < 1.0, "must be in [0, 1); 0 disables EMA")
+    if "time_limit_s" in config:
+        check("time_limit_s", lambda v: v >= 0, "must be >= 0 (0 = no limit)")
     check("sharding.preset", lambda v: isinstance(v, str), "a preset name")
     check("mesh.shape", lambda v: len(v) == 2 and list(v).count(-1) <= 1, "(data, model), one -1")
     optim = config.optim

@@ -65,7 +65,8 @@ def fake_step(bad_step=None, interrupt_at=None):
 
 
 def train(tmp_path, *, start=0, total=10, checkpointer=None, bad_step=None, interrupt_at=None,
-          log_every=3, checkpoint_every=4, eval_every=5, summed=(), rates=None):  # fmt: skip
+          log_every=3, checkpoint_every=4, eval_every=5, summed=(), rates=None,
+          time_limit=None):  # fmt: skip
     checkpointer = checkpointer or FakeCheckpointer()
     evals, results = [], None
     train_step = fake_step(bad_step, interrupt_at)
@@ -75,10 +76,12 @@ def train(tmp_path, *, start=0, total=10, checkpointer=None, bad_step=None, inte
     train_log = loop.TrainLog(writer, total, start, progress_keys=("loss",), summed=summed,
                               rates=rates)  # fmt: skip
     state, step, last_checkpoint = start, start, checkpointer.latest_step()
+    time_limit = time_limit or loop.TimeLimit(0.0)
     try:
-        while step < total:
+        while step < cadence.total_steps:
             state, step_metrics = train_step(state, batches.next(step), None)
             step += 1
+            cadence = time_limit.cadence_after(step, cadence)
             train_log.add(step, step_metrics)
             if cadence.log(step) or cadence.checkpoint(step):
                 means = train_log.means(last_checkpoint)
@@ -117,6 +120,20 @@ def test_cadence_and_the_last_step_always_logs_checkpoints_and_evaluates(tmp_pat
     assert set(rows[0]) == {"step", "split", "loss", "learning_rate", "steps_per_s",
                             "tokens_per_s"}  # fmt: skip
     assert all(r["steps_per_s"] > 0 and r["tokens_per_s"] > 0 for r in rows)
+
+
+def test_a_time_limit_makes_the_step_in_progress_the_last(tmp_path):
+    ticks = iter(range(100))  # the clock advances one second per reading
+    limit = loop.TimeLimit(6.0, clock=lambda: float(next(ticks)))  # started at 0
+    # Readings 1..6 follow steps 1..6: the time is up after step 6, which becomes the last.
+    results, checkpointer, evals = train(tmp_path, time_limit=limit)
+    assert [r["step"] for r in train_rows(tmp_path)] == [3, 6]
+    assert [s for s, *_ in checkpointer.saved] == [4, 6]
+    assert [s for s, _, _ in evals] == [5, 6] and results == {"loss": 6.0}
+    # No limit (0) never stops a run; a negative one is refused.
+    assert loop.TimeLimit(0.0, clock=lambda: 1e9).up() is False
+    with pytest.raises(ValueError, match="time_limit_s=-1"):
+        loop.TimeLimit(-1)
 
 
 def test_resumes_from_the_given_step(tmp_path):

@@ -158,6 +158,8 @@ def validate_config(config) -> None:
 def run(config, workdir: str) -> dict[str, float] | None:
     """Trains the PhraseLDM of `config` in `workdir` (resuming); returns the last eval metrics."""
     validate_config(config)
+    # Set-up and compilation count against the time limit too (configs older than the key: none).
+    time_limit = loop.TimeLimit(config.get("time_limit_s", 0.0))
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     manifest = latents.read(config.latents.dir)
@@ -213,10 +215,11 @@ def run(config, workdir: str) -> dict[str, float] | None:
     last_checkpoint, results = checkpointer.latest_step(), None
 
     try:
-        while step < config.total_steps:
+        while step < cadence.total_steps:
             batch = batches.next(step)
             state, step_metrics = train_step(state, batch, rng)
             step += 1
+            cadence = time_limit.cadence_after(step, cadence)  # time up: this step is the last
             train_log.add(step, step_metrics)
             if cadence.log(step) or cadence.checkpoint(step):
                 means = train_log.means(last_checkpoint)  # raises on NaN/inf before a save

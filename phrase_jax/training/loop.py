@@ -3,9 +3,11 @@
     cadence = loop.Cadence(total_steps, log_every, checkpoint_every, eval_every)
     train_log = loop.TrainLog(writer, total_steps, step, progress_keys=("loss",))
     batches = loop.Batches(train_iter, mesh)
-    while step < total_steps:
+    time_limit = loop.TimeLimit(config.time_limit_s)     # started at the top of run()
+    while step < cadence.total_steps:
         batch = batches.next(step)
         state, step_metrics = train_step(state, batch, rng); step += 1
+        cadence = time_limit.cadence_after(step, cadence)  # time up: this step is the last
         train_log.add(step, step_metrics)
         if cadence.log(step) or cadence.checkpoint(step):
             means = train_log.means(last_checkpoint)   # raises on NaN/inf: never saved
@@ -55,6 +57,37 @@ class Cadence:
 
     def eval(self, step: int) -> bool:
         return self._due(step, self.eval_every)
+
+
+class TimeLimit:
+    """A wall-clock limit on one call of a trainer (`config.time_limit_s`; 0 = none), counted
+    from its creation at the top of `run`, so set-up, restore and compilation count too.
+
+    When the time is up the step just finished becomes the last one: `cadence_after` returns a
+    Cadence ending there, so that step logs, checkpoints and evaluates as a planned last step
+    does, and the loop ends. Calling the trainer again resumes from that checkpoint (with the
+    same `time_limit_s` again), towards `total_steps`.
+    """
+
+    def __init__(self, seconds: float, *, clock: Callable[[], float] = time.monotonic):
+        if seconds < 0:
+            raise ValueError(f"config time_limit_s={seconds}: must be >= 0 (0 = no limit)")
+        self.seconds, self.clock = float(seconds), clock
+        self.started = clock()
+
+    def up(self) -> bool:
+        return self.seconds > 0 and self.clock() - self.started >= self.seconds
+
+    def cadence_after(self, step: int, cadence: Cadence) -> Cadence:
+        """`cadence`, or one ending at `step` when the time is up before its last step."""
+        if step >= cadence.total_steps or not self.up():
+            return cadence
+        logging.warning(
+            "time_limit_s=%g reached after %.0f s: stopping at step %d of %d (checkpoint and "
+            "evaluation of this step follow; run again to resume)",
+            self.seconds, self.clock() - self.started, step, cadence.total_steps,
+        )  # fmt: skip
+        return dataclasses.replace(cadence, total_steps=step)
 
 
 class Batches:
