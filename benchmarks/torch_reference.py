@@ -220,7 +220,7 @@ def make_dit_denoise(batch_size: int, *, seed: int = 0):
         DIT_PAPER["attention_head_dim"] // 2, n + 1, use_real=True, repeat_interleave_real=False
     )
     tensors = dict(
-        sample=torch.from_numpy(x).transpose(1, 2),
+        hidden_states=torch.from_numpy(x).transpose(1, 2),
         timestep=torch.from_numpy(steps),
         encoder_hidden_states=torch.from_numpy(memory),
         global_hidden_states=torch.from_numpy(global_in)[:, None, :],
