@@ -77,20 +77,24 @@ train-vae: $(VENV)/.installed $(DATA_DIR)/pop909/manifest.json
 
 # Pipeline throughput (prepares the data first when it is missing), then PhraseVAE train-step
 # and greedy-decode speed on this machine and an epoch's non-pad tokens/s padded to 128 vs in
-# length buckets; `make bench BENCH_VAE_ARGS=--reference` also times
-# the PyTorch reference in the same process (needs `make install-parity`). Then PhraseLDM train
-# step, denoising step and one 128-bar song end to end (per sampler), also on the trained
+# length buckets. When the parity extra is installed (`make install-parity`) both benchmarks
+# also time the PyTorch reference in the same process (`--reference`: the VAE train step and
+# decode, the DiT denoising step interleaved with ours).
+# Then PhraseLDM train step, denoising step and one 128-bar song end to end (per sampler), the
+# batch-32 remat train step alone in a subprocess with its peak memory, also on the trained
 # $(RUNS_DIR)/ldm_lencond_cpu when it exists; the samplers' PhraseFID on that run with
-# BENCH_LDM_ARGS=--fid_ldm_workdir=runs/ldm_lencond_cpu.
+# BENCH_LDM_ARGS=--fid_ldm_workdir=runs/ldm_lencond_cpu. Every table names the CPU's vector
+# extensions (AVX2 / AVX-512 ...): the same code runs 2x apart between them.
+BENCH_REFERENCE = $(shell $(PY) -c "import torch, transformers, diffusers" 2>/dev/null && echo --reference)
 BENCH_VAE_ARGS ?=
 BENCH_LDM_ARGS ?=
 bench: $(VENV)/.installed
 	test -f $(DATA_DIR)/pop909/manifest.json || $(MAKE) data
 	$(PY) -m benchmarks.bench_pipelines --data_dir $(DATA_DIR)/pop909
-	$(PY) -m benchmarks.bench_vae --json $(RUNS_DIR)/bench_vae.jsonl \
+	$(PY) -m benchmarks.bench_vae --json $(RUNS_DIR)/bench_vae.jsonl $(BENCH_REFERENCE) \
 		--data_dir $(DATA_DIR)/pop909 $(BENCH_VAE_ARGS)
-	$(PY) -m benchmarks.bench_ldm --json $(RUNS_DIR)/bench_ldm.jsonl \
-		--trained_ldm_workdir $(RUNS_DIR)/ldm_lencond_cpu $(BENCH_LDM_ARGS)
+	$(PY) -m benchmarks.bench_ldm --json $(RUNS_DIR)/bench_ldm.jsonl $(BENCH_REFERENCE) \
+		--memory_batches 32 --trained_ldm_workdir $(RUNS_DIR)/ldm_lencond_cpu $(BENCH_LDM_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -1,7 +1,8 @@
 """PhraseLDM speed on this machine: train step, one denoising step and one 128-bar song end to end.
 
-    python -m benchmarks.bench_ldm [--json runs/bench_ldm.jsonl] [--runs 3] [--train_batches 8,32]
-        [--remat_batches 32]
+    python -m benchmarks.bench_ldm [--reference] [--json runs/bench_ldm.jsonl] [--runs 3]
+        [--train_batches 8,32]
+        [--remat_batches 32] [--memory_batches 32]
         [--step_batches 1,8] [--bars 128] [--ddpm_steps 20] [--samplers ddim:50,dpm_solver_pp:20]
         [--trained_ldm_workdir runs/ldm_lencond_cpu] [--fid_ldm_workdir runs/ldm_lencond_cpu]
         [--skip train,step,song,trained]
@@ -11,7 +12,9 @@ Paper size: `dit.paper_config(("length",))` (29.5 M parameters) and the paper VA
 - train step: the real jitted step of `phrase_jax.training` with the diffusion loss of
   `stages/train_ldm.py` (AdamW lr 5e-4 wd 0.01, clip 0.5), latents [B, 512, 64]; `_remat` rows
   with `model.remat` (the process's peak RSS so far is in each row: run a remat row alone to
-  see its memory);
+  see its memory); `--memory_batches` rows (`train_step_b<N>_remat_alone`, paper size only)
+  run `benchmarks.train_step_memory` in a subprocess, so that their `peak_rss_mib` is the
+  remat step's own peak (issue 13: batch 32 within 8 GB);
 - denoising step: one jitted model call at batch 1 and 8 (and in bf16 at batch 1, with its
   largest deviation from fp32 relative to the output's standard deviation);
 - one song of `--bars` bars through the real `generate.generate` (end = the requested length):
@@ -30,6 +33,9 @@ path; the song is cut at the requested length, not at the first `[SEP]`-like slo
 decoder always sees the whole song), and checks that decoding only track slots gives the same
 song. `--fid_ldm_workdir`
 compares PhraseFID of the samplers on that run (`benchmarks/sampler_fid.py`).
+`--reference` (needs the parity extra) times the diffusers StableAudioDiTModel denoising step at
+batch 1 interleaved with our backbone on the same weights (`denoise_backbone_b1` vs
+`torch_denoise_b1`, at least 5 runs each).
 Each time is the median of `--runs` runs after one warm-up call (its time is printed apart).
 """
 
@@ -37,7 +43,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
+import subprocess
+import sys
 import tempfile
 
 import jax
@@ -118,6 +127,44 @@ def bench_denoise_step(
         result["y"] = np.asarray(call(state, x, t, conds))
 
     return common.time_calls(one_call, runs=runs), result["y"]
+
+
+def bench_reference_denoise(report: Report, batch_size: int, *, runs: int) -> None:
+    """Our DiT backbone and the diffusers reference on the same weights, one denoising step
+    each, interleaved (a shared machine's load then weighs on both alike)."""
+    from benchmarks import torch_reference
+
+    reference_call, ours_call = torch_reference.make_dit_denoise(batch_size)
+    deviation = float(np.max(np.abs(ours_call() - reference_call())))
+    times, first = {"ours": [], "torch": []}, {}
+    for _ in range(runs):
+        for name, call in (("ours", ours_call), ("torch", reference_call)):
+            timing = common.time_calls(call, runs=1, warmup=1)
+            times[name].append(timing.times_s[0])
+            first.setdefault(name, timing.first_s)  # the first round's untimed call
+    ours = common.Timing(first["ours"], tuple(times["ours"]))
+    theirs = common.Timing(first["torch"], tuple(times["torch"]))
+    report.timing(f"denoise_backbone_b{batch_size}", ours, theirs.median_s,
+                  max_abs_diff_vs_torch=f"{deviation:.1e}")  # fmt: skip
+    report.timing(f"torch_denoise_b{batch_size}", theirs, None,
+                  jax_speedup=round(theirs.median_s / ours.median_s, 2))  # fmt: skip
+
+
+def bench_memory_alone(report: Report, batch_size: int, *, runs: int) -> None:
+    """The paper-size remat train step in a fresh process: its time and its own peak RSS."""
+    command = [sys.executable, "-m", "benchmarks.train_step_memory", "--remat",
+               "--batch", str(batch_size), "--runs", str(runs)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    report.timing(
+        f"train_step_b{batch_size}_remat_alone",
+        common.Timing(result["first_s"], tuple(result["times_s"])),
+        None,
+        peak_rss_mib=result["peak_rss_mib"],
+        within_8gb=result["peak_rss_mib"] <= 8 * 1024,
+    )
 
 
 def untrained_pipeline(
@@ -269,9 +316,12 @@ def same_songs(left: list, right: list) -> int:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", default="", help="append JSON lines to this file")
+    parser.add_argument("--reference", action="store_true",
+                        help="also time the diffusers DiT step, interleaved")  # fmt: skip
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--train_batches", default="8,32")
     parser.add_argument("--remat_batches", default="", help="train steps with model.remat")
+    parser.add_argument("--memory_batches", default="", help="remat steps alone, peak memory")
     parser.add_argument("--step_batches", default="1,8")
     parser.add_argument("--bars", type=int, default=128)
     parser.add_argument("--max_len", type=int, default=128, help="VAE tokens per phrase")
@@ -322,8 +372,8 @@ def main(
     print(
         f"PhraseLDM {'paper' if paper else 'custom'} config, {context['parameters']:,} params "
         f"(VAE {context['vae_parameters']:,}), {jax.default_backend()} ({os.cpu_count()} cores), "
-        f"random init; median of {args.runs} runs; load average "
-        + " ".join(f"{x:.1f}" for x in common.load_average())
+        f"random init; CPU {context['cpu_vector_extensions'] or 'unknown'}; median of "
+        f"{args.runs} runs; load average " + " ".join(f"{x:.1f}" for x in common.load_average())
     )
     report = Report(context)
     if "train" not in skip:
@@ -338,6 +388,11 @@ def main(
                     examples_per_s=round(batch_size / timing.median_s, 2),
                     peak_rss_mib_so_far=round(common.peak_rss_mib()),
                 )  # fmt: skip
+    if "train" not in skip and paper:
+        for batch_size in [int(b) for b in args.memory_batches.split(",") if b]:
+            bench_memory_alone(report, batch_size, runs=args.runs)
+    if "step" not in skip and args.reference:
+        bench_reference_denoise(report, 1, runs=max(args.runs, 5))
     if "step" not in skip:
         for batch_size in [int(b) for b in args.step_batches.split(",") if b]:
             timing, y32 = bench_denoise_step(pipeline.ldm.model, batch_size, runs=args.runs)

@@ -230,8 +230,8 @@ def main(argv=None, *, config: vae.VAEConfig | None = None) -> list[dict]:
     print(
         f"PhraseVAE {'paper' if paper else 'custom'} config, {context['parameters']:,} params, "
         f"{jax.default_backend()} ({os.cpu_count()} cores), weights from {weights_from}; "
-        f"median of {args.runs} runs; load average "
-        + " ".join(f"{x:.1f}" for x in common.load_average())
+        f"CPU {context['cpu_vector_extensions'] or 'unknown'}; median of {args.runs} runs; "
+        "load average " + " ".join(f"{x:.1f}" for x in common.load_average())
     )
     report = Report(context)
     batch = full_batch(args.batch_size, args.length, config.vocab_size)

@@ -71,8 +71,30 @@ def machine_context(**facts) -> dict[str, Any]:
         machine=platform.machine(),
         jax=jax.__version__,
         backend=jax.default_backend(),
+        cpu_vector_extensions=" ".join(cpu_vector_extensions()),
         **facts,
     )
+
+
+VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni",
+                "avx512_bf16", "amx_tile", "amx_bf16", "asimd", "sve")  # fmt: skip
+
+
+def cpu_vector_extensions(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+    """The CPU's SIMD extensions that matter for matmul speed, from /proc/cpuinfo's flags
+    (x86) or Features (Arm); [] where /proc/cpuinfo is missing. The same code runs 2x apart
+    on AVX2-only and AVX-512 CPUs, so every timing should say which it had."""
+    try:
+        with open(cpuinfo) as f:
+            text = f.read()
+    except OSError:
+        return []
+    present = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            present.update(value.split())
+    return [flag for flag in VECTOR_FLAGS if flag in present]
 
 
 def peak_rss_mib() -> float:

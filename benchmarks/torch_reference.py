@@ -170,3 +170,67 @@ def perturb_(module, *, seed: int = 0) -> None:
 def state_dict_numpy(reference) -> dict[str, np.ndarray]:
     """The reference weights as numpy, for `vae_from_torch.load_torch_state_dict`."""
     return {k: v.detach().cpu().numpy() for k, v in reference.state_dict().items()}
+
+
+# The paper-size reference DiT (diffusers StableAudioDiTModel), as in tests/test_dit_parity.py.
+DIT_PAPER = dict(
+    sample_size=512,
+    in_channels=64,
+    num_layers=6,
+    attention_head_dim=32,
+    num_attention_heads=16,
+    num_key_value_attention_heads=8,
+    out_channels=64,
+    cross_attention_dim=128,
+    time_proj_dim=128,
+    global_states_input_dim=128,
+    cross_attention_input_dim=128,
+)
+
+
+def make_dit_denoise(batch_size: int, *, seed: int = 0):
+    """(reference_call, ours_call): one denoising step of the paper-size diffusers DiT and of
+    our PhraseLDM backbone (`denoise`, jitted) on the very same weights and inputs, each
+    returning numpy [B, 512, 64] (so the step has finished)."""
+    torch, _ = _torch()
+    try:
+        import diffusers
+        from diffusers.models.embeddings import get_1d_rotary_pos_embed
+    except ImportError as error:
+        message = f"--reference needs diffusers ({error}); run `make install-parity`"
+        raise SystemExit(message) from None
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from phrase_jax.interop import ldm_from_diffusers
+
+    torch.manual_seed(seed)
+    reference = diffusers.StableAudioDiTModel(**DIT_PAPER).eval()
+    config = ldm_from_diffusers.config_from_diffusers(reference.config)
+    graphdef, state = nnx.split(ldm_from_diffusers.from_diffusers(reference.state_dict(), config))
+    rng = np.random.default_rng(seed)
+    n, d = DIT_PAPER["sample_size"], DIT_PAPER["in_channels"]
+    x = rng.standard_normal((batch_size, n, d)).astype(np.float32)
+    steps = np.full(batch_size, 500)
+    global_in = rng.standard_normal((batch_size, DIT_PAPER["global_states_input_dim"]))
+    memory = rng.standard_normal((batch_size, 1, DIT_PAPER["cross_attention_input_dim"]))
+    global_in, memory = global_in.astype(np.float32), memory.astype(np.float32)
+    rotary = get_1d_rotary_pos_embed(
+        DIT_PAPER["attention_head_dim"] // 2, n + 1, use_real=True, repeat_interleave_real=False
+    )
+    tensors = dict(
+        hidden_states=torch.from_numpy(x).transpose(1, 2),
+        timestep=torch.from_numpy(steps),
+        encoder_hidden_states=torch.from_numpy(memory),
+        global_hidden_states=torch.from_numpy(global_in)[:, None, :],
+    )
+
+    def reference_call() -> np.ndarray:
+        with torch.no_grad():
+            y = reference(**tensors, rotary_embedding=rotary, return_dict=False)[0]
+        return y.transpose(1, 2).numpy()
+
+    denoise = jax.jit(lambda s, *a: nnx.merge(graphdef, s).denoise(*a))
+    inputs = (jnp.asarray(x), jnp.asarray(steps, jnp.float32), global_in, memory)
+    return reference_call, lambda: np.asarray(denoise(state, *inputs))

@@ -50,6 +50,13 @@ def test_memory_and_json_lines_helpers(tmp_path):
     assert [json.loads(line) for line in path.read_text().splitlines()] == [{"a": 1}, {"b": 2.5}]
 
 
+def test_cpu_vector_extensions_reads_the_flags_line(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse4_2 avx2 fma avx512f\nprocessor\t: 1\n")
+    assert common.cpu_vector_extensions(str(cpuinfo)) == ["sse4_2", "avx2", "fma", "avx512f"]
+    assert common.cpu_vector_extensions(str(tmp_path / "missing")) == []
+
+
 def test_full_batch_has_no_padding_and_the_vae_layout():
     batch = bench_vae.full_batch(3, 16, 1000)
     assert batch["encoder_ids"].shape == batch["decoder_inputs"].shape == (3, 16)

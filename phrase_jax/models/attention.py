@@ -133,21 +133,27 @@ class Attention(nnx.Module):
         """
         if kv_layout not in KV_LAYOUTS:
             raise ValueError(f"kv_layout {kv_layout!r}: use one of {KV_LAYOUTS}")
+        # Heads first for both dots, the scale on q (not on the [B, H, T, S] scores), and the
+        # context straight into the output projection: XLA CPU then neither transposes nor
+        # rescales the scores. q·k, weights·v and the output einsum in token-first layouts made
+        # XLA transpose the whole weight tensor and multiply the scores by a broadcast scale
+        # array; this is 2.5x faster for the DiT's 513-token attention (docs/results.md).
+        if kv_layout == "bshk":
+            k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
         groups = self.num_heads // self.num_kv_heads
         if groups > 1:
-            k = jnp.repeat(k, groups, axis=kv_layout.index("h"))
-            v = jnp.repeat(v, groups, axis=kv_layout.index("h"))
-        scores = jnp.einsum(
-            f"bthk,{kv_layout}->bhts", q_bthk, k, preferred_element_type=jnp.float32
-        )
-        scores = scores * self.logit_scale
+            k, v = jnp.repeat(k, groups, axis=1), jnp.repeat(v, groups, axis=1)
+        if self.logit_scale != 1.0:
+            q_bthk = q_bthk * jnp.asarray(self.logit_scale, q_bthk.dtype)
+        q_bhtk = jnp.swapaxes(q_bthk, 1, 2)
+        scores = jnp.einsum("bhtk,bhsk->bhts", q_bhtk, k, preferred_element_type=jnp.float32)
         if bias is not None:
             scores = scores + bias
         if mask is not None:
             scores = jnp.where(mask, scores, NEG_INF)
         weights = dropout(jax.nn.softmax(scores, axis=-1), self.dropout_rate, rngs)
-        context = jnp.einsum(f"bhts,{kv_layout}->bthk", weights.astype(self.dtype), v)
-        y = jnp.einsum("bthk,hkd->btd", context, self.out[...].astype(self.dtype))
+        context = jnp.einsum("bhts,bhsk->bhtk", weights.astype(self.dtype), v)
+        y = jnp.einsum("bhtk,hkd->btd", context, self.out[...].astype(self.dtype))
         return y if self.out_bias is None else y + self.out_bias[...].astype(self.dtype)
 
     def __call__(

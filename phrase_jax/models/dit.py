@@ -122,8 +122,24 @@ class DiTBlock(nnx.Module):
         return h_bsw + f32(self.ff(norm(self.norm3, h_bsw)))
 
 
-def _call_block(block: DiTBlock, h_bsw, memory_bmc, memory_mask_b11m, rotary) -> jax.Array:
-    return block(h_bsw, memory_bmc, memory_mask_b11m, rotary)
+def _scan_blocks(blocks, h_bsw, memory_bmc, memory_mask_b11m, rotary) -> jax.Array:
+    """The blocks as one `lax.scan` over their stacked weights, each step rematerialised.
+
+    Plain `nnx.remat` per block saved almost nothing on XLA CPU: its scheduler keeps every
+    block's recomputed activations alive at once (docs/results.md). A scan body's buffers are
+    reused from one layer to the next, so the backward pass holds one block's activations plus
+    the [B, S, W] input of each block. The weights are stacked inside the jitted step (a copy of
+    the block weights, ~0.1 GB at paper size); the parameter tree keeps one entry per block.
+    """
+    graphdef, *_ = nnx.split(blocks[0])
+    states = [nnx.state(block) for block in blocks]
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+
+    @jax.checkpoint
+    def one_block(h, state):
+        return nnx.merge(graphdef, state)(h, memory_bmc, memory_mask_b11m, rotary), None
+
+    return jax.lax.scan(one_block, h_bsw, stacked)[0]
 
 
 class PhraseLDM(nnx.Module):
@@ -199,9 +215,11 @@ class PhraseLDM(nnx.Module):
         memory = self.memory_proj(memory_bmc.astype(dt))
         rotary = layers.rotary_table(h_bsw.shape[1], c.rope_dim, c.rope_theta)
         mask_b11m = None if memory_mask_bm is None else memory_mask_bm[:, None, None, :]
-        run_block = nnx.remat(_call_block) if c.remat else _call_block
-        for block in self.blocks:
-            h_bsw = run_block(block, h_bsw, memory, mask_b11m, rotary)
+        if c.remat:
+            h_bsw = _scan_blocks(self.blocks, h_bsw, memory, mask_b11m, rotary)
+        else:
+            for block in self.blocks:
+                h_bsw = block(h_bsw, memory, mask_b11m, rotary)
         y_bnd = self.proj_out(h_bsw.astype(dt))[:, 1:]
         return (y_bnd + self.postprocess_conv(y_bnd)).astype(jnp.float32)
 
