@@ -110,12 +110,16 @@ clean:
 # `make sample MODEL=bundles/phrase-ldm-lencond SAMPLE_ARGS=num_songs=8,bars=32`.
 .PHONY: sample
 LDM_WORKDIR ?=
-MODEL ?=
+# The shipped POP909 model (issue 13): what `make demo` and, with no run named, `make sample`
+# and `make eval` read.
+SHIPPED_MODEL := models/pop909-cpu
+MODEL ?= $(if $(or $(VARIANT),$(LDM_WORKDIR)),,$(SHIPPED_MODEL))
 SAMPLE_ARGS ?=
 _empty :=
 _space := $(_empty) $(_empty)
-BUNDLE_SAMPLING := model=$(abspath $(MODEL)) sampler=dpm_solver_pp_sde steps=10 num_songs=4 \
+BUNDLE_SAMPLING_OF = model=$(abspath $(1)) sampler=dpm_solver_pp_sde steps=10 num_songs=4 \
 	batch_size=4 wav=True
+BUNDLE_SAMPLING = $(call BUNDLE_SAMPLING_OF,$(MODEL))
 SAMPLE_CONFIG_ARGS = $(subst $(_space),$(,),$(strip $(VARIANT) \
 	$(if $(MODEL),$(BUNDLE_SAMPLING),ldm_workdir=$(or $(LDM_WORKDIR),$(call run_dir,ldm))) \
 	$(SAMPLE_ARGS)))
@@ -224,19 +228,37 @@ eval-midi: $(VENV)/.installed
 	$(PY) -m phrase_jax.main --workdir $(RUNS_DIR)/eval_midi \
 		--config experiments/evaluate_midi.py:$(EVAL_MIDI_ARGS)
 
-# The whole job end to end on this machine (phrase_jax/demo.py; sizes: experiments/demo.py):
-# prepare data, train the three VAE stages, extract latents, train a length-conditioned LDM,
-# generate songs and evaluate them, all into $(DEMO_OUT); re-running skips finished phases and
-# resumes an interrupted one. Data: the Bach chorales inside music21, or POP909 with
-# DEMO_DATASET=pop909 (from $(POP909_DIR)) or when POP909_DIR is set in the environment.
-# DEMO_ARGS adds settings, e.g. DEMO_ARGS=runlocal or DEMO_ARGS=ldm.total_steps=2000.
-.PHONY: demo
+# `make demo`: songs from the shipped POP909 model ($(SHIPPED_MODEL), a bundle with its model
+# card) into $(DEMO_OUT)/songs (.mid, piano-roll .png, .wav: FluidSynth when installed, else sine
+# tones), then the model-independent evaluation of those songs against the real POP909
+# statistics stored in the bundle ($(DEMO_OUT)/eval/midi_metrics.md); no dataset, no training.
+# DEMO_SAMPLE_ARGS adds sample options, e.g. DEMO_SAMPLE_ARGS=num_songs=8,bars=32,seed=3.
+#
+# `make demo-train`: the whole job end to end on this machine (phrase_jax/demo.py; sizes:
+# experiments/demo.py): prepare data, train the three VAE stages, extract latents, train a
+# length-conditioned LDM, generate songs and evaluate them, all into $(DEMO_TRAIN_OUT); re-running
+# skips finished phases and resumes an interrupted one. Data: the Bach chorales inside music21,
+# or POP909 with DEMO_DATASET=pop909 (from $(POP909_DIR)) or when POP909_DIR is set in the
+# environment. DEMO_ARGS adds settings, e.g. DEMO_ARGS=runlocal or DEMO_ARGS=ldm.total_steps=2000.
+.PHONY: demo demo-train
 DEMO_OUT ?= outputs/demo
+DEMO_TRAIN_OUT ?= outputs/demo_train
 DEMO_DATASET ?=
 DEMO_ARGS ?=
+DEMO_SAMPLE_ARGS ?=
+DEMO_SAMPLE_CONFIG = $(subst $(_space),$(,),$(strip \
+	$(call BUNDLE_SAMPLING_OF,$(SHIPPED_MODEL)) bars=32 $(DEMO_SAMPLE_ARGS)))
+DEMO_EVAL_CONFIG = midi_dirs=$(abspath $(DEMO_OUT)/songs),real_statistics=$(abspath $(SHIPPED_MODEL))
 
 demo: $(VENV)/.installed
-	$(PY) -m phrase_jax.demo --out $(DEMO_OUT) $(if $(DEMO_DATASET),--dataset $(DEMO_DATASET) \
+	$(PY) -m phrase_jax.main --workdir $(DEMO_OUT)/songs \
+		--config experiments/sample.py:$(DEMO_SAMPLE_CONFIG)
+	$(PY) -m phrase_jax.main --workdir $(DEMO_OUT)/eval \
+		--config experiments/evaluate_midi.py:$(DEMO_EVAL_CONFIG)
+	@echo "songs: $(DEMO_OUT)/songs   evaluation: $(DEMO_OUT)/eval/midi_metrics.md"
+
+demo-train: $(VENV)/.installed
+	$(PY) -m phrase_jax.demo --out $(DEMO_TRAIN_OUT) $(if $(DEMO_DATASET),--dataset $(DEMO_DATASET) \
 		--pop909_dir $(POP909_DIR)) $(if $(DEMO_ARGS),--settings $(DEMO_ARGS))
 
 # The prepared GPU run (benchmarks/gpu_run.py, settings in experiments/gpu_run.py): the paper-size

@@ -1,10 +1,10 @@
-"""The end-to-end demo (`make demo`): every stage at a size that runs in about 15 minutes on an
-idle 2-core CPU, all outputs in one folder. Read by `phrase_jax.demo`, not by
+"""The end-to-end training demo (`make demo-train`): every stage at a size that runs in about
+15 minutes on an idle 2-core CPU, all outputs in one folder. Read by `phrase_jax.demo`, not by
 phrase_jax.main.
 
-    make demo                                           # outputs/demo, Bach chorales
-    make demo DEMO_DATASET=pop909 POP909_DIR=/path/to/pop909
-    python -m phrase_jax.demo --out outputs/demo
+    make demo-train                                     # outputs/demo_train, Bach chorales
+    make demo-train DEMO_DATASET=pop909 POP909_DIR=/path/to/pop909
+    python -m phrase_jax.demo --out outputs/demo_train
     python -m phrase_jax.demo --out /tmp/demo --settings runlocal,songs=12
 
 Variants (comma-separated): a dataset, `chorales` (default; the Bach chorales shipped inside

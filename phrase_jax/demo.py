@@ -1,7 +1,7 @@
-"""`make demo`: the whole job end to end into ONE output folder, resumable phase by phase.
+"""`make demo-train`: the whole job end to end into ONE output folder, resumable phase by phase.
 
-    python -m phrase_jax.demo --out outputs/demo
-    python -m phrase_jax.demo --out outputs/demo --dataset pop909 \
+    python -m phrase_jax.demo --out outputs/demo_train
+    python -m phrase_jax.demo --out outputs/demo_train --dataset pop909 \
         --pop909_dir ../shared/data/pop909
     python -m phrase_jax.demo --out /tmp/demo --settings runlocal,songs=12
 
@@ -277,7 +277,9 @@ def summary(out: pathlib.Path, data: dict) -> str:
     return "\n".join(lines)
 
 
-_OUT = flags.DEFINE_string("out", "outputs/demo", "The output folder (created; re-run resumes).")
+_OUT = flags.DEFINE_string(
+    "out", "outputs/demo_train", "The output folder (created; re-run resumes)."
+)
 _DATASET = flags.DEFINE_string(
     "dataset", "", "chorales | pop909; default: $DEMO_DATASET, else pop909 when $POP909_DIR "
     "holds POP909, else chorales.",
