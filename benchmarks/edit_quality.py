@@ -12,9 +12,9 @@ left out; 0 same distribution, 1 disjoint), |mean pitch difference| in semitones
 the note-count ratio|; "real" is the same boundary of the original song. Accompany: per bar
 with melody and accompaniment, the histogram intersection of the melody's and the
 accompaniment's pitch-class distributions (1 = same pitch classes in the same proportions);
-"real" is POP909's own PIANO + BRIDGE against its MELODY. These descriptors are this script's
-own; the model-independent MIDI evaluation (evaluation/midi_descriptors.py, another branch)
-should replace them when it lands.
+"real" is POP909's own PIANO + BRIDGE against its MELODY. These boundary distances are this
+script's own: the model-independent evaluation (evaluation/midi_descriptors.py) compares the
+distributions of whole sets of bars and songs, not one bar with its neighbour.
 """
 
 from __future__ import annotations

@@ -85,6 +85,11 @@ def render(meta: dict, vae_runs: list[dict], ldm: dict, evals: list[tuple[str, s
         f"- VAE: width {meta['vae']['config']['d_model']}, "
         f"latent {meta['vae']['config']['latent_dim']}-d, "
         f"phrases up to {meta['decoding']['max_len']} tokens.",
+        f"- Weights: LDM step {prov.get('ldm_step')} "
+        f"({'EMA' if meta['ldm']['ema_weights'] else 'raw'}), VAE step {prov.get('vae_step')} "
+        f"({prov.get('vae_checkpoint', '')} checkpoint); a run "
+        "below may have trained past the step it handed on (each stage starts from the previous "
+        "stage's best checkpoint).",
         f"- Created {prov.get('created', '')}.",
         "",
         "## Training runs (this machine: 2 CPU cores, shared with other work while they ran)",
