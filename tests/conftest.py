@@ -21,13 +21,15 @@ from data_pipelines import prepare  # noqa: E402
 # Grain worker processes and library code may touch absl flags; tests never parse argv.
 flags.FLAGS.mark_as_parsed()
 
-# The files that train or load whole stage chains, longest first. `make test` runs two xdist
+# The longest test files first (from `--durations`, 2026-12-02). `make test` runs two xdist
 # workers that take one file at a time in collection order: starting with the long files lets
 # the short ones fill the gaps at the end instead of one worker finishing a chain alone.
 LONGEST_FIRST = (
-    "test_train_vae.py", "test_train_ldm.py", "test_extract_latents.py", "test_evaluate.py",
-    "test_demo.py", "test_official_import.py", "test_multihost.py", "test_sample.py",
-    "test_export.py", "test_colab.py", "test_prepare_fuzz.py", "test_prepare_stage.py",
+    "test_keys.py", "test_gpu_run.py", "test_train_vae.py", "test_edit.py", "test_demo.py",
+    "test_diffusion.py", "test_multihost.py", "test_train_ldm.py", "test_bundle.py",
+    "test_evaluate.py", "test_bench_vae.py", "test_dit.py", "test_extract_latents.py",
+    "test_official_import.py", "test_sample.py", "test_export.py", "test_colab.py",
+    "test_bench_ldm.py", "test_midi_io.py", "test_prepare_fuzz.py", "test_prepare_stage.py",
 )  # fmt: skip
 
 

@@ -75,7 +75,8 @@ def test_parse_key_labels():
 @pytest.mark.pop909
 def test_agreement_with_pop909_analyzed_key(pop909_dir):
     first = any_listed = total = 0
-    for folder in sorted(p for p in pop909_dir.iterdir() if p.name.isdigit()):
+    # Every third song: 303 songs read in a third of the time of all 909, same verdict.
+    for folder in sorted(p for p in pop909_dir.iterdir() if p.name.isdigit())[::3]:
         labels = keys.parse_key_labels((folder / "analyzed_key.txt").read_text())
         if not labels:
             continue
@@ -88,6 +89,7 @@ def test_agreement_with_pop909_analyzed_key(pop909_dir):
         f"key agreement over {total} POP909 songs: {100 * first / total:.1f}% with the first "
         f"analyzed_key.txt label, {100 * any_listed / total:.1f}% with any listed key"
     )
-    assert total >= 900
-    assert first / total >= 0.88  # measured 91.1% (828/909); a clear drop means a bug
+    assert total >= 300
+    # Measured 90.1% (273/303; 91.1% over all 909): a clear drop means a bug.
+    assert first / total >= 0.88
     assert any_listed >= first
