@@ -10,6 +10,7 @@ import jax.numpy as jnp  # noqa: E402
 from diffusers.models.embeddings import get_1d_rotary_pos_embed  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from benchmarks import torch_reference  # noqa: E402
 from phrase_jax.diffusion import schedules  # noqa: E402
 from phrase_jax.interop import ldm_from_diffusers  # noqa: E402
 from phrase_jax.models import dit  # noqa: E402
@@ -29,19 +30,7 @@ TINY = dict(
     global_states_input_dim=12,
     cross_attention_input_dim=24,
 )
-PAPER = dict(
-    sample_size=512,
-    in_channels=64,
-    num_layers=6,
-    attention_head_dim=32,
-    num_attention_heads=16,
-    num_key_value_attention_heads=8,
-    out_channels=64,
-    cross_attention_dim=128,
-    time_proj_dim=128,
-    global_states_input_dim=128,
-    cross_attention_input_dim=128,
-)
+PAPER = torch_reference.DIT_PAPER  # the benchmark's reference DiT is the same model
 
 
 def _random_reference(config: dict, seed: int):
